@@ -1,0 +1,30 @@
+"""Provider metadata read by Airflow's providers manager (entry point ``apache_airflow_provider``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_sm_callback import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe this provider to Airflow: its hooks, sensors, operators, triggers and decorators."""
+    return {
+        "package-name": "airflow-sm-callback",
+        "name": "SageMaker Pipelines callback steps",
+        "description": "Wait for Amazon SageMaker Pipelines callback steps and close them from Airflow DAGs.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Amazon SageMaker Pipelines callback steps",
+                "external-doc-url": "https://docs.aws.amazon.com/sagemaker/latest/dg/build-and-manage-steps-types.html#step-type-callback",
+                "tags": ["aws"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Amazon SageMaker Pipelines callback steps",
+                "python-modules": ["airflow_sm_callback.hooks.callback"],
+            }
+        ],
+    }
