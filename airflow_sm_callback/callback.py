@@ -24,6 +24,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final, Literal
 
+from airflow_sm_callback.pipeline import walk_steps
+
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_FAILURE_REASON",
@@ -469,7 +471,7 @@ class CallbackMatcher:
             )
         if self.pipeline_execution_arn is not None:
             _, _, pipeline, _ = parse_execution_arn(self.pipeline_execution_arn)
-            if self.pipeline_name is not None and pipeline != self.pipeline_name:
+            if self.pipeline_name is not None and pipeline.lower() != self.pipeline_name.lower():
                 raise ValueError(
                     f"pipeline_execution_arn belongs to pipeline {pipeline!r}, "
                     f"not to pipeline_name {self.pipeline_name!r}: no callback can match both"
@@ -492,7 +494,8 @@ class CallbackMatcher:
             and callback.pipeline_execution_arn != self.pipeline_execution_arn
         ):
             return False
-        if self.pipeline_name is not None and callback.pipeline_name != self.pipeline_name:
+        # SageMaker lower-cases the pipeline name in execution ARNs.
+        if self.pipeline_name is not None and callback.pipeline_name.lower() != self.pipeline_name.lower():
             return False
         for name, expected in self.arguments.items():
             if name not in callback.arguments or not _argument_equals(expected, callback.arguments[name]):
@@ -898,15 +901,6 @@ class CallbackStep:
         )
 
 
-def _walk_steps(steps: Iterable[Mapping[str, Any]]) -> Iterable[Mapping[str, Any]]:
-    for step in steps:
-        yield step
-        if step.get("Type") == "Condition":
-            arguments = step.get("Arguments") or {}
-            yield from _walk_steps(arguments.get("IfSteps") or [])
-            yield from _walk_steps(arguments.get("ElseSteps") or [])
-
-
 def callback_steps_in_definition(definition: Mapping[str, Any] | str) -> dict[str, dict[str, OutputType]]:
     """
     Every callback step of a pipeline definition (condition branches included) with its declared outputs.
@@ -922,7 +916,7 @@ def callback_steps_in_definition(definition: Mapping[str, Any] | str) -> dict[st
     if not isinstance(definition, Mapping):
         raise ValueError("pipeline definition is not a JSON object")
     found: dict[str, dict[str, OutputType]] = {}
-    for step in _walk_steps(definition.get("Steps") or []):
+    for step in walk_steps(definition.get("Steps")):
         if step.get("Type") != "Callback":
             continue
         outputs: dict[str, OutputType] = {}

@@ -10,8 +10,11 @@ same semantics by construction.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+from collections import OrderedDict
 from collections.abc import Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Final, TypeVar
 
@@ -21,18 +24,25 @@ from asgiref.sync import sync_to_async
 from botocore.exceptions import ClientError
 
 from airflow_sm_callback.callback import (
+    CLOSED_STEP_STATUSES,
     TOKEN_RE,
+    CallbackMatcher,
+    CallbackMessage,
+    CallbackStatus,
     CallbackStep,
     InvalidOutputParameters,
     Outcome,
     OutputType,
     ReceivedMessages,
+    UnparsedMessage,
     callback_steps_in_definition,
     client_request_token,
     encode_output_parameters,
     mask_token,
+    parse_execution_arn,
     truncate_failure_reason,
 )
+from airflow_sm_callback.pipeline import OUTPUT_REF_RE, ExpressionError, cast_value, find_step, resolve
 
 T = TypeVar("T")
 
@@ -64,7 +74,14 @@ class _Call:
     kwargs: dict[str, Any]
 
 
-_Op = Generator[_Call, Any, T]
+@dataclass(frozen=True, slots=True)
+class _Mask:
+    """Register a token with the secrets masker (the async driver tells the supervisor without blocking)."""
+
+    token: str
+
+
+_Op = Generator[_Call | _Mask, Any, T]
 
 
 @dataclass(slots=True)
@@ -98,6 +115,99 @@ def backoff_visibility(receive_count: int, *, cap: int = 60) -> int:
     return int(min(cap, 2 ** min(receive_count - 2, 16)))
 
 
+class _BoundedSet:
+    """A set that forgets its oldest members beyond ``size`` (for "log once" bookkeeping)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._items: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, item: str) -> bool:
+        """Add ``item``; return whether it was new."""
+        if item in self._items:
+            return False
+        self._items[item] = None
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """What ``ListPipelineExecutionSteps`` last said of the step that owns a token."""
+
+    name: str
+    status: str
+    checked_at: float
+
+    @property
+    def closed(self) -> bool:
+        """Whether the step is closed for good (a message for it is stale)."""
+        return self.status in CLOSED_STEP_STATUSES
+
+
+class StepDirectory:
+    """
+    Maps callback tokens to their steps, from ``ListPipelineExecutionSteps`` (one listing per
+    execution serves every token in it).
+
+    A closed step stays closed, so that answer is kept; an open one is re-checked after ``ttl``
+    seconds. Bounded to ``max_entries`` tokens.
+    """
+
+    def __init__(self, ttl: float = 30.0, max_entries: int = 50_000) -> None:
+        self.ttl = ttl
+        self._states: OrderedDict[str, StepState] = OrderedDict()
+        self._max = max_entries
+
+    def get(self, token: str) -> StepState | None:
+        """The last known state of the step that owns ``token``."""
+        return self._states.get(token)
+
+    def is_fresh(self, token: str) -> bool:
+        """Whether the known state is good enough without a new look-up."""
+        state = self._states.get(token)
+        return state is not None and (state.closed or time.monotonic() - state.checked_at < self.ttl)
+
+    def record(self, steps: Iterable[CallbackStep]) -> None:
+        """Remember the steps of one listing."""
+        now = time.monotonic()
+        for step in steps:
+            if step.token:
+                self._states[step.token] = StepState(step.name, step.status, now)
+                self._states.move_to_end(step.token)
+        while len(self._states) > self._max:
+            self._states.popitem(last=False)
+
+
+@dataclass(slots=True)
+class Claim:
+    """
+    A callback taken off the queue for one waiter, with every receipt handle that carried its
+    token in the same receive (a duplicate, or the ``Stopping`` message beside the
+    ``Executing`` one). The messages stay hidden until :meth:`SageMakerCallbackHook.complete_handoff`
+    deletes them, after the token was handed on.
+    """
+
+    callback: CallbackMessage
+    receipt_handles: list[str] = field(default_factory=list)
+
+    def add(self, other: CallbackMessage) -> None:
+        """Fold another message with the same token into the claim (``Stopping`` wins)."""
+        if other.receipt_handle:
+            self.receipt_handles.append(other.receipt_handle)
+        if other.is_stopping and not self.callback.is_stopping:
+            self.callback = replace(self.callback, status=CallbackStatus.STOPPING)
+
+
+@dataclass(slots=True)
+class RoutePlan:
+    """What to do with the messages of one receive that were not claimed."""
+
+    release: list[tuple[str, int]] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+
+
 class SageMakerCallbackHook(AwsBaseHook):
     """
     Receive SageMaker Pipelines callback messages and close callback steps.
@@ -117,6 +227,8 @@ class SageMakerCallbackHook(AwsBaseHook):
     """
 
     hook_name = "Amazon SageMaker Pipelines callback"
+    #: ``MaxResults`` of one ``ListPipelineExecutionSteps`` page.
+    list_page_size: int = 100
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["client_type"] = "sagemaker"
@@ -124,6 +236,9 @@ class SageMakerCallbackHook(AwsBaseHook):
         self._async_clients: dict[str, Any] = {}
         self._async_lock: asyncio.Lock | None = None
         self._output_types_cache: dict[str, dict[str, dict[str, OutputType]]] = {}
+        #: What this hook knows of the steps behind tokens it has seen.
+        self.steps = StepDirectory()
+        self._warned = _BoundedSet()
 
     # ------------------------------------------------------------------------------------------
     # Clients
@@ -192,6 +307,10 @@ class SageMakerCallbackHook(AwsBaseHook):
         try:
             call = next(op)
             while True:
+                if isinstance(call, _Mask):
+                    register_token(call.token)
+                    call = op.send(None)
+                    continue
                 try:
                     response = getattr(self._sync_client(call.service), call.method)(**call.kwargs)
                 except ClientError as err:
@@ -205,6 +324,10 @@ class SageMakerCallbackHook(AwsBaseHook):
         try:
             call = next(op)
             while True:
+                if isinstance(call, _Mask):
+                    await register_token_async(call.token)
+                    call = op.send(None)
+                    continue
                 client = await self._async_client(call.service)
                 try:
                     response = await getattr(client, call.method)(**call.kwargs)
@@ -221,9 +344,15 @@ class SageMakerCallbackHook(AwsBaseHook):
 
     @staticmethod
     def mask(token: str | None) -> None:
-        """Register a callback token with Airflow's secrets masker (no-op for ``None``)."""
+        """Register a callback token with Airflow's secrets masker, from sync code (no-op for ``None``)."""
         if token:
             register_token(token)
+
+    @staticmethod
+    async def mask_async(token: str | None) -> None:
+        """Register a callback token with Airflow's secrets masker, from async code."""
+        if token:
+            await register_token_async(token)
 
     # ------------------------------------------------------------------------------------------
     # Operations (each a generator of calls)
@@ -249,10 +378,7 @@ class SageMakerCallbackHook(AwsBaseHook):
         if visibility_timeout is not None:
             kwargs["VisibilityTimeout"] = visibility_timeout
         response = yield _Call("sqs", "receive_message", kwargs)
-        received = ReceivedMessages.parse(response.get("Messages") or [])
-        for callback in received.callbacks:
-            self.mask(callback.token)
-        return received
+        return ReceivedMessages.parse(response.get("Messages") or [])
 
     def _change_visibility_op(self, queue_url: str, entries: Sequence[tuple[str, int]]) -> _Op[BatchResult]:
         result = BatchResult()
@@ -298,7 +424,7 @@ class SageMakerCallbackHook(AwsBaseHook):
 
     def _list_steps_op(self, execution_arn: str) -> _Op[list[dict[str, Any]]]:
         steps: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {"PipelineExecutionArn": execution_arn, "MaxResults": 100}
+        kwargs: dict[str, Any] = {"PipelineExecutionArn": execution_arn, "MaxResults": self.list_page_size}
         while True:
             response = yield _Call("sagemaker", "list_pipeline_execution_steps", kwargs)
             steps.extend(response.get("PipelineExecutionSteps") or [])
@@ -313,7 +439,8 @@ class SageMakerCallbackHook(AwsBaseHook):
         # Newest first, whatever order the service used.
         steps.sort(key=lambda s: (s.started_at is not None, s.started_at), reverse=True)
         for step in steps:
-            self.mask(step.token)
+            if step.token:
+                yield _Mask(step.token)
         return steps
 
     def _find_step_op(
@@ -329,6 +456,7 @@ class SageMakerCallbackHook(AwsBaseHook):
         request: dict[str, Any],
         execution_arn: str | None,
     ) -> _Op[str]:
+        yield _Mask(token)
         method = (
             "send_pipeline_execution_step_success"
             if outcome is Outcome.SUCCESS
@@ -378,6 +506,161 @@ class SageMakerCallbackHook(AwsBaseHook):
         self._output_types_cache[execution_arn] = found
         return found
 
+    def warn_invalid(self, message: UnparsedMessage, queue_url: str) -> None:
+        """Log a message that is not a usable callback, once per message id, at warning."""
+        if self._warned.add(message.message_id or ""):
+            self.log.warning(
+                "Leaving a message on %s that is not a usable callback for other consumers: %s",
+                queue_url,
+                message.error,
+            )
+
+    def _lookup_op(self, execution_arn: str) -> _Op[None]:
+        """Refresh :attr:`steps` from one listing of the execution; a failed look-up changes nothing."""
+        try:
+            steps = yield from self._callback_steps_op(execution_arn)
+        except ClientError as err:
+            self.log.info(
+                "Could not list the steps of %s (%s); its messages are handed back, not deleted",
+                execution_arn,
+                err.response.get("Error", {}).get("Code", ""),
+            )
+            return
+        self.steps.record(steps)
+
+    def _route_op(
+        self,
+        queue_url: str,
+        received: ReceivedMessages,
+        matcher: CallbackMatcher | None,
+        lookups: int,
+    ) -> _Op[tuple[Claim | None, RoutePlan, int]]:
+        """
+        Decide, for one receive, which callback (if any) ``matcher`` takes and what happens to the rest.
+
+        The first message that matches is claimed (with any other message of the same token);
+        a message whose step is known to be closed is deleted; everything else is handed back,
+        at once the first time and with a growing delay after (:func:`backoff_visibility`).
+        Malformed and foreign messages are handed back and logged once, never deleted.
+        At most ``lookups`` step look-ups are made; the count left is returned.
+        """
+        plan = RoutePlan()
+        for bad in received.invalid:
+            self.warn_invalid(bad, queue_url)
+            if bad.receipt_handle:
+                plan.release.append((bad.receipt_handle, backoff_visibility(bad.receive_count)))
+        claim: Claim | None = None
+        if matcher is not None:
+            for callback in received.callbacks:
+                if not matcher.matches_message(callback):
+                    continue
+                if matcher.needs_step_name and not self.steps.get(callback.token) and lookups > 0:
+                    lookups -= 1
+                    yield from self._lookup_op(callback.pipeline_execution_arn)
+                state = self.steps.get(callback.token)
+                if state is not None and state.closed:
+                    continue
+                if matcher.matches(callback, step_name=state.name if state else None):
+                    claim = Claim(callback.with_step_name(state.name if state else None), [])
+                    break
+        for callback in received.callbacks:
+            if callback.receipt_handle is None:
+                continue
+            if claim is not None and callback.token == claim.callback.token:
+                claim.add(callback)
+                continue
+            if not self.steps.is_fresh(callback.token) and callback.receive_count >= 2 and lookups > 0:
+                lookups -= 1
+                yield from self._lookup_op(callback.pipeline_execution_arn)
+            state = self.steps.get(callback.token)
+            if state is not None and state.closed:
+                plan.delete.append(callback.receipt_handle)
+            else:
+                plan.release.append((callback.receipt_handle, backoff_visibility(callback.receive_count)))
+        return claim, plan, lookups
+
+    def _poll_op(
+        self,
+        queue_url: str,
+        matcher: CallbackMatcher,
+        wait_time_seconds: int,
+        handoff_visibility: int,
+        max_receives: int,
+        max_lookups: int,
+    ) -> _Op[Claim | None]:
+        lookups = max_lookups
+        for attempt in range(max_receives):
+            received = yield from self._receive_op(
+                queue_url, SQS_BATCH_SIZE, wait_time_seconds if attempt == 0 else 0, None
+            )
+            if not len(received):
+                return None
+            claim, plan, lookups = yield from self._route_op(queue_url, received, matcher, lookups)
+            entries = list(plan.release)
+            if claim is not None:
+                entries.extend((handle, handoff_visibility) for handle in claim.receipt_handles)
+            if entries:
+                yield from self._change_visibility_op(queue_url, entries)
+            if plan.delete:
+                yield from self._delete_op(queue_url, plan.delete)
+            if claim is not None:
+                return claim
+            if len(received) < SQS_BATCH_SIZE:
+                return None
+        return None
+
+    def _resolve_arguments_op(self, execution_arn: str, step_name: str) -> _Op[dict[str, Any]]:
+        definition_response = yield _Call(
+            "sagemaker", "describe_pipeline_definition_for_execution", {"PipelineExecutionArn": execution_arn}
+        )
+        definition = json.loads(definition_response.get("PipelineDefinition") or "{}")
+        step = find_step(definition, step_name)
+        if step is None:
+            raise CallbackStepError(f"{step_name!r} is not a step of the pipeline of {execution_arn}")
+        declared = {p.get("Name"): p for p in definition.get("Parameters") or []}
+        values: dict[str, Any] = {name: p.get("DefaultValue") for name, p in declared.items()}
+        kwargs: dict[str, Any] = {"PipelineExecutionArn": execution_arn}
+        while True:
+            page = yield _Call("sagemaker", "list_pipeline_parameters_for_execution", kwargs)
+            for parameter in page.get("PipelineParameters") or []:
+                values[parameter["Name"]] = parameter.get("Value")
+            if not page.get("NextToken"):
+                break
+            kwargs = {**kwargs, "NextToken": page["NextToken"]}
+        parameters = {
+            name: cast_value(value, declared.get(name, {}).get("Type", "String"))
+            if value is not None
+            else None
+            for name, value in values.items()
+        }
+        execution = yield _Call(
+            "sagemaker", "describe_pipeline_execution", {"PipelineExecutionArn": execution_arn}
+        )
+        steps = yield from self._callback_steps_op(execution_arn)
+        outputs = {s.name: s.output_parameters for s in steps if s.status == "Succeeded"}
+        types = callback_steps_in_definition(definition)
+        _, _, pipeline_name, execution_id = parse_execution_arn(execution_arn)
+        variables = {
+            "PipelineExecutionId": execution_id,
+            "PipelineExecutionArn": execution_arn,
+            "PipelineName": pipeline_name,
+            "PipelineExecutionDisplayName": execution.get("PipelineExecutionDisplayName", ""),
+        }
+
+        def get(path: str) -> Any:
+            if path.startswith("Parameters."):
+                return parameters.get(path.removeprefix("Parameters."))
+            if path.startswith("Execution."):
+                return variables.get(path.removeprefix("Execution."))
+            match = OUTPUT_REF_RE.fullmatch(path)
+            if match and match.group(3) in outputs.get(match.group(1), {}):
+                kind = types.get(match.group(1), {}).get(match.group(3), OutputType.STRING)
+                return cast_value(outputs[match.group(1)][match.group(3)], kind.value)
+            raise ExpressionError(f"cannot resolve {path!r} after the fact")
+
+        arguments = resolve(step.get("Arguments") or {}, get)
+        return arguments if isinstance(arguments, dict) else {}
+
     # ------------------------------------------------------------------------------------------
     # Request building (shared by sync and async)
     # ------------------------------------------------------------------------------------------
@@ -392,13 +675,11 @@ class SageMakerCallbackHook(AwsBaseHook):
         check_token(token)
         params = encode_output_parameters(output_parameters, declared)
         crt = check_request_token(crt or client_request_token(callback_token=token, outcome=Outcome.SUCCESS))
-        self.mask(token)
         return {"CallbackToken": token, "OutputParameters": params, "ClientRequestToken": crt}
 
     def _failure_request(self, token: str, reason: object, crt: str | None) -> dict[str, Any]:
         check_token(token)
         crt = check_request_token(crt or client_request_token(callback_token=token, outcome=Outcome.FAILURE))
-        self.mask(token)
         return {
             "CallbackToken": token,
             "FailureReason": truncate_failure_reason(reason),
@@ -484,6 +765,60 @@ class SageMakerCallbackHook(AwsBaseHook):
     async def delete_messages_async(self, queue_url: str, receipt_handles: Sequence[str]) -> BatchResult:
         """Async :meth:`delete_messages`."""
         return await self._run_async(self._delete_op(queue_url, receipt_handles))
+
+    def poll_for_callback(
+        self,
+        queue_url: str,
+        matcher: CallbackMatcher,
+        *,
+        wait_time_seconds: int = 20,
+        handoff_visibility: int = 300,
+        max_receives: int = 10,
+        max_lookups: int = 2,
+    ) -> Claim | None:
+        """
+        Receive from a shared queue and take the first callback ``matcher`` wants.
+
+        One long poll, then more receives while they come back full and nothing matched (at most
+        ``max_receives``). The claimed callback's messages stay hidden for ``handoff_visibility``
+        seconds: delete them with :meth:`complete_handoff` once the token is handed on. Messages
+        whose step is closed are deleted; every other message is handed back (at once the first
+        time, then with a growing delay); malformed and foreign ones are never deleted.
+        Step look-ups (``ListPipelineExecutionSteps``) are made only for ``callback_step_name``
+        matching and for messages that came back unwanted, at most ``max_lookups`` a call.
+
+        :return: the :class:`Claim`, or ``None`` when nothing matched.
+        """
+        return self._run(
+            self._poll_op(
+                queue_url, matcher, wait_time_seconds, handoff_visibility, max_receives, max_lookups
+            )
+        )
+
+    async def poll_for_callback_async(
+        self,
+        queue_url: str,
+        matcher: CallbackMatcher,
+        *,
+        wait_time_seconds: int = 20,
+        handoff_visibility: int = 300,
+        max_receives: int = 10,
+        max_lookups: int = 2,
+    ) -> Claim | None:
+        """Async :meth:`poll_for_callback`."""
+        return await self._run_async(
+            self._poll_op(
+                queue_url, matcher, wait_time_seconds, handoff_visibility, max_receives, max_lookups
+            )
+        )
+
+    def complete_handoff(self, queue_url: str, receipt_handles: Sequence[str]) -> BatchResult:
+        """Delete a claim's messages once its token has been handed on (``DeleteMessageBatch``)."""
+        return self.delete_messages(queue_url, receipt_handles)
+
+    async def complete_handoff_async(self, queue_url: str, receipt_handles: Sequence[str]) -> BatchResult:
+        """Async :meth:`complete_handoff`."""
+        return await self.delete_messages_async(queue_url, receipt_handles)
 
     # ------------------------------------------------------------------------------------------
     # Public API: SageMaker
@@ -611,6 +946,22 @@ class SageMakerCallbackHook(AwsBaseHook):
         steps = await self._run_async(self._output_types_op(execution_arn))
         return pick_output_types(steps, execution_arn, step_name)
 
+    def resolve_step_arguments(self, execution_arn: str, step_name: str) -> dict[str, Any]:
+        """
+        Rebuild a step's ``arguments`` as SageMaker resolved them, from the execution's state.
+
+        Reads ``DescribePipelineDefinitionForExecution``, ``ListPipelineParametersForExecution``,
+        ``DescribePipelineExecution`` and ``ListPipelineExecutionSteps``. Used when a retried task
+        recovers its token without the callback message.
+
+        :raises ExpressionError: when an argument reads something that cannot be known after the fact.
+        """
+        return self._run(self._resolve_arguments_op(execution_arn, step_name))
+
+    async def resolve_step_arguments_async(self, execution_arn: str, step_name: str) -> dict[str, Any]:
+        """Async :meth:`resolve_step_arguments`."""
+        return await self._run_async(self._resolve_arguments_op(execution_arn, step_name))
+
     def describe_execution(self, execution_arn: str) -> dict[str, Any]:
         """``DescribePipelineExecution``."""
         return self._run(
@@ -647,12 +998,17 @@ def _stop_op(execution_arn: str, client_request_token: str | None) -> _Op[None]:
 
 
 def register_token(token: str) -> None:
-    """Register a callback token with Airflow's secrets masker, wherever this runs."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - Task SDK always present on Airflow 3
-        return
+    """Register a callback token with Airflow's secrets masker (and the supervisor's), from sync code."""
+    from airflow.sdk.log import mask_secret
+
     mask_secret(token)
+
+
+async def register_token_async(token: str) -> None:
+    """Register a callback token with Airflow's secrets masker from async code (triggers)."""
+    from airflow.sdk.log import amask_secret
+
+    await amask_secret(token)
 
 
 def check_token(token: object) -> str:
@@ -729,8 +1085,10 @@ __all__ = [
     "AmbiguousCallbackStep",
     "BatchResult",
     "CallbackStepError",
+    "Claim",
     "InvalidOutputParameters",
     "SageMakerCallbackHook",
+    "StepDirectory",
     "backoff_visibility",
     "check_token",
 ]
