@@ -1,0 +1,151 @@
+"""
+Run event triggers the way Airflow's triggerer runs shared streams, without a triggerer.
+
+:class:`SharedStreamHarness` subscribes triggers through Airflow's own
+:class:`~airflow.triggers.shared_stream.SharedStreamManager`, drives their
+``filter_shared_stream``, binds every event they fire to its raw event and confirms it
+persisted after ``persist_delay`` seconds, which stands for the metadata database write (in a
+triggerer the confirmation arrives on the next state sync). A trigger that fires once is then
+cancelled, as the triggerer cancels a task's trigger once the task resumes. Used by the tests and
+the benchmark; useful to test your own DAGs' triggers offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.shared_stream import SharedStreamManager
+
+if TYPE_CHECKING:
+    from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+
+@dataclass
+class FiredEvent:
+    """One event a trigger fired: which trigger, the event, when (``time.monotonic``)."""
+
+    trigger_id: int
+    event: TriggerEvent
+    at: float
+    persisted_at: float | None = None
+
+
+@dataclass
+class _Running:
+    trigger: BaseEventTrigger
+    key: Hashable
+    task: asyncio.Task[None]
+    events: list[FiredEvent] = field(default_factory=list)
+
+
+class SharedStreamHarness:
+    """
+    Triggers sharing streams in one event loop, as in one triggerer process.
+
+    :param persist_delay: seconds between an event and its persist confirmation (``None``: never
+        confirm, as when the metadata database write fails).
+    :param cancel_after_fire: seconds after the confirmation at which a trigger that fires once is
+        cancelled (the triggerer's next sync).
+    :param ack_timeout: the manager's per-event ack timeout (``[triggerer] shared_stream_ack_timeout``).
+    """
+
+    def __init__(
+        self,
+        *,
+        persist_delay: float | None = 0.5,
+        cancel_after_fire: float = 0.2,
+        ack_timeout: float = 300.0,
+        max_subscriber_queue: int = 1024,
+    ) -> None:
+        self.manager = SharedStreamManager(ack_timeout=ack_timeout, max_subscriber_queue=max_subscriber_queue)
+        self.persist_delay = persist_delay
+        self.cancel_after_fire = cancel_after_fire
+        self.events: list[FiredEvent] = []
+        self.failures: dict[int, BaseException] = {}
+        self._running: dict[int, _Running] = {}
+        self._fired = asyncio.Event()
+
+    def add(self, trigger_id: int, trigger: BaseEventTrigger, *, fires_once: bool = True) -> None:
+        """Start a trigger (``filter_shared_stream`` on its shared stream)."""
+        key = trigger.shared_stream_key()
+        if key is None:
+            raise ValueError(f"{type(trigger).__name__} does not share a stream")
+        stream = self.manager.subscribe(trigger_id=trigger_id, trigger=trigger, key=key)
+        task = asyncio.create_task(self._drive(trigger_id, trigger, key, stream, fires_once))
+        self._running[trigger_id] = _Running(trigger, key, task)
+
+    async def _drive(
+        self, trigger_id: int, trigger: BaseEventTrigger, key: Hashable, stream: Any, fires_once: bool
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for event in trigger.filter_shared_stream(stream):
+                seq = self.manager.bind_pending_event(trigger_id=trigger_id, key=key)
+                fired = FiredEvent(trigger_id, event, time.monotonic())
+                self.events.append(fired)
+                self._running[trigger_id].events.append(fired)
+                self._fired.set()
+                if self.persist_delay is not None:
+                    loop.call_later(self.persist_delay, self._confirm, fired, seq)
+                    if fires_once:
+                        loop.call_later(self.persist_delay + self.cancel_after_fire, self._cancel, trigger_id)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:
+            self.failures[trigger_id] = err
+        finally:
+            await self.manager.unsubscribe(trigger_id, key)
+
+    def _confirm(self, fired: FiredEvent, seq: int | None) -> None:
+        fired.persisted_at = time.monotonic()
+        if seq is not None:
+            self.manager.confirm_persisted([seq])
+
+    def _cancel(self, trigger_id: int) -> None:
+        running = self._running.get(trigger_id)
+        if running is not None and not running.task.done():
+            running.task.cancel()
+
+    async def remove(self, trigger_id: int) -> None:
+        """Cancel one trigger and wait until it has left its stream."""
+        running = self._running.get(trigger_id)
+        if running is not None and not running.task.done():
+            running.task.cancel()
+            await asyncio.gather(running.task, return_exceptions=True)
+
+    def events_of(self, trigger_id: int) -> list[FiredEvent]:
+        """The events one trigger fired."""
+        running = self._running.get(trigger_id)
+        return list(running.events) if running else []
+
+    async def wait_for_events(self, count: int, within: float) -> bool:
+        """Wait until at least ``count`` events fired; return whether they did within ``within`` seconds."""
+        deadline = time.monotonic() + within
+        while len(self.events) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._fired.clear()
+            try:
+                await asyncio.wait_for(self._fired.wait(), remaining)
+            except TimeoutError:
+                return len(self.events) >= count
+        return True
+
+    async def close(self) -> None:
+        """Cancel every trigger and stop every stream."""
+        tasks = [r.task for r in self._running.values() if not r.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.manager.stop_all()
+
+    async def __aenter__(self) -> SharedStreamHarness:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,604 @@
+"""
+SageMakerCallbackTrigger: wait for one callback (task deferral) or every callback (AssetWatcher).
+
+Two ways to run, the same guarantees:
+
+* **Shared stream (the triggerer on Airflow 3.3+).** Every trigger on one queue and connection in
+  a triggerer shares one poll loop, :class:`CallbackStreamProducer`, in ack mode. The producer
+  receives batches, groups messages by token and broadcasts each batch (a :class:`CallbackBatch`)
+  to the triggers; each trigger's filter *claims* the deliveries it wants (the first claim wins)
+  and yields one event per claim. When every trigger has moved past a batch and the claimed
+  events are persisted, Airflow calls :meth:`CallbackStreamProducer.advance`, which deletes the
+  claimed messages, deletes messages whose step is known closed, and hands every other message
+  back. A claim whose outcome is not clean (a persist that failed, a trigger that timed out) is
+  handed back at once, never deleted.
+* **Standalone** :meth:`SageMakerCallbackTrigger.run` (``airflow dags test``, or when the
+  triggerer cannot share). The trigger polls on its own, keeps the claimed messages hidden for
+  ``handoff_visibility`` seconds and puts their receipt handles in the event; the task deletes
+  them in ``execute_complete`` after pushing the callback to XCom.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
+from botocore.exceptions import BotoCoreError, ClientError
+
+from airflow_sm_callback.callback import CallbackMatcher, CallbackMessage, UnparsedMessage
+from airflow_sm_callback.hooks.callback import (
+    SQS_BATCH_SIZE,
+    Claim,
+    SageMakerCallbackHook,
+    backoff_visibility,
+)
+
+#: Visibility a received message gets while the shared stream decides about it.
+RECEIVE_VISIBILITY: Final = 30
+#: Messages still undecided after this many seconds get their visibility extended.
+HEARTBEAT_AFTER: Final = 10.0
+#: Receives made at once to drain a burst (each up to 10 messages).
+BURST_RECEIVES: Final = 8
+#: The most messages broadcast as one batch.
+MAX_BATCH_MESSAGES: Final = 200
+#: Longest pause between receives after transient errors.
+MAX_ERROR_BACKOFF: Final = 30.0
+
+TRANSIENT_CODES: Final = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "ServiceUnavailable",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "SlowDown",
+    }
+)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether an AWS error is worth waiting out (throttling, 5xx, connection trouble)."""
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code", "")
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in TRANSIENT_CODES or status >= 500
+    return isinstance(err, BotoCoreError | OSError | asyncio.TimeoutError)
+
+
+def describe_error(err: BaseException) -> str:
+    """A one-line description of an AWS error."""
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+    return f"{type(err).__name__}: {err}"
+
+
+def success_event(
+    callback: CallbackMessage, queue_url: str, receipt_handles: Sequence[str] | None
+) -> dict[str, Any]:
+    """
+    The payload of the event a trigger fires for a callback.
+
+    ``receipt_handles`` is set on the standalone path: the task deletes those messages after it
+    pushed the callback to XCom. On the shared stream the producer deletes them once the event is
+    persisted, and it is ``None``.
+    """
+    return {
+        "status": "success",
+        "callback": callback.to_dict(),
+        "queue_url": queue_url,
+        "receipt_handles": list(receipt_handles) if receipt_handles is not None else None,
+    }
+
+
+def error_event(message: str) -> dict[str, Any]:
+    """The payload of the event a trigger fires when it cannot wait any longer."""
+    return {"status": "error", "message": message}
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared stream: the raw events and the producer
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    """
+    Every message of one token in a :class:`CallbackBatch` (usually one; two when the
+    ``Executing`` and ``Stopping`` messages, or duplicates, came together).
+    """
+
+    callback: CallbackMessage
+    receipt_handles: list[str]
+    receive_count: int
+    claimed_by: int | None = None
+    #: Set by the producer when the token was already handed on in this process.
+    duplicate: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class CallbackBatch:
+    """One raw event of the shared stream: the callbacks of one or more receives."""
+
+    id: int
+    deliveries: list[Delivery]
+    invalid: list[UnparsedMessage]
+    router: _Router
+    received_at: float = field(default_factory=time.monotonic)
+
+    def claim(self, delivery: Delivery, claimer: int) -> bool:
+        """Claim ``delivery`` for ``claimer``; only the first claim wins."""
+        if delivery.claimed_by is not None or delivery.duplicate:
+            return False
+        delivery.claimed_by = claimer
+        return True
+
+
+class _Router:
+    """
+    What the triggers of one shared stream share: one hook (one pair of async clients), the
+    step directory, a ledger of tokens handed on, and single-flight step look-ups.
+    """
+
+    def __init__(self, hook: SageMakerCallbackHook, queue_url: str, *, lookup_concurrency: int = 4) -> None:
+        self.hook = hook
+        self.queue_url = queue_url
+        self._handed_on: OrderedDict[str, None] = OrderedDict()
+        self._lookups: dict[str, asyncio.Task[None]] = {}
+        self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
+
+    def handed_on(self, token: str) -> bool:
+        """Whether the token was already handed on through this stream."""
+        return token in self._handed_on
+
+    def mark_handed_on(self, token: str) -> None:
+        self._handed_on[token] = None
+        if len(self._handed_on) > 50_000:
+            self._handed_on.popitem(last=False)
+
+    async def lookup(self, execution_arn: str) -> None:
+        """Refresh the step directory from one listing of ``execution_arn`` (single-flight)."""
+        task = self._lookups.get(execution_arn)
+        if task is None:
+            task = asyncio.create_task(self._lookup(execution_arn))
+            self._lookups[execution_arn] = task
+            task.add_done_callback(lambda _: self._lookups.pop(execution_arn, None))
+        await asyncio.shield(task)
+
+    async def _lookup(self, execution_arn: str) -> None:
+        async with self._lookup_slots:
+            try:
+                await self.hook._run_async(self.hook._lookup_op(execution_arn))
+            except Exception as err:
+                self.hook.log.info("Step look-up of %s failed: %s", execution_arn, describe_error(err))
+
+    def lookup_later(self, execution_arn: str) -> None:
+        """Start a look-up in the background (its answer serves the message's next delivery)."""
+        if execution_arn not in self._lookups:
+            task = asyncio.create_task(self._lookup(execution_arn))
+            self._lookups[execution_arn] = task
+            task.add_done_callback(lambda _: self._lookups.pop(execution_arn, None))
+
+    async def step_name(self, callback: CallbackMessage) -> str | None:
+        """The step name of a callback's token (one look-up per execution, cached)."""
+        state = self.hook.steps.get(callback.token)
+        if state is None:
+            await self.lookup(callback.pipeline_execution_arn)
+            state = self.hook.steps.get(callback.token)
+        return state.name if state else None
+
+    def step_closed(self, token: str) -> bool:
+        state = self.hook.steps.get(token)
+        return state is not None and state.closed
+
+    async def aclose(self) -> None:
+        for task in list(self._lookups.values()):
+            task.cancel()
+        await self.hook.aclose()
+
+
+class CallbackStreamProducer(SharedStreamProducer):
+    """
+    The one poll loop of a shared stream (ack mode): receive, broadcast, and advance the queue.
+
+    One 20-second long poll at a time while the queue is idle; when a receive comes back full,
+    up to eight receives at once drain the burst into one batch. Messages stay hidden while the
+    triggers decide (their visibility is extended after 10 seconds). In :meth:`advance`, claimed
+    messages whose events were persisted are deleted (``DeleteMessageBatch``); messages whose
+    step is closed, or whose token was already handed on, are deleted; every other message is
+    handed back (``ChangeMessageVisibilityBatch``), at once the first time and with a growing
+    delay after. Malformed and foreign messages are never deleted.
+    """
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        self.kwargs = kwargs
+        self.queue_url: str = kwargs["queue_url"]
+        self._ids = itertools.count()
+        self._inflight: dict[int, CallbackBatch] = {}
+        self._router: _Router | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    @property
+    def router(self) -> _Router:
+        if self._router is None:
+            raise RuntimeError("the shared stream is not open")
+        return self._router
+
+    def _hook(self) -> SageMakerCallbackHook:
+        return SageMakerCallbackHook(
+            aws_conn_id=self.kwargs.get("aws_conn_id"),
+            region_name=self.kwargs.get("region_name"),
+            verify=self.kwargs.get("verify"),
+            config=self.kwargs.get("botocore_config"),
+        )
+
+    async def open_stream(self) -> AsyncIterator[tuple[Any, Any]]:
+        self._router = _Router(self._hook(), self.queue_url)
+        self._heartbeat = asyncio.create_task(self._keep_hidden())
+        errors = 0
+        while True:
+            try:
+                received = await self._receive_burst()
+            except Exception as err:
+                if not is_transient(err):
+                    raise RuntimeError(
+                        f"cannot receive callbacks from {self.queue_url}: {describe_error(err)}"
+                    ) from err
+                errors += 1
+                delay = min(MAX_ERROR_BACKOFF, 2.0 ** min(errors, 6) / 2)
+                self.router.hook.log.warning(
+                    "Receiving from %s failed (%s); trying again in %.0fs",
+                    self.queue_url,
+                    describe_error(err),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            errors = 0
+            if not received:
+                continue
+            batch = self._batch(received)
+            self._inflight[batch.id] = batch
+            yield batch, batch
+
+    async def _receive_burst(self) -> list[Any]:
+        hook = self.router.hook
+        first = await hook.receive_callbacks_async(
+            self.queue_url, wait_time_seconds=20, visibility_timeout=RECEIVE_VISIBILITY
+        )
+        results = [first]
+        total = len(first)
+        full = total == SQS_BATCH_SIZE
+        while full and total < MAX_BATCH_MESSAGES:
+            more = await asyncio.gather(
+                *(
+                    hook.receive_callbacks_async(
+                        self.queue_url, wait_time_seconds=0, visibility_timeout=RECEIVE_VISIBILITY
+                    )
+                    for _ in range(BURST_RECEIVES)
+                )
+            )
+            results.extend(more)
+            total += sum(len(r) for r in more)
+            full = any(len(r) == SQS_BATCH_SIZE for r in more)
+        return [r for r in results if len(r)]
+
+    def _batch(self, received: list[Any]) -> CallbackBatch:
+        router = self.router
+        by_token: dict[str, Delivery] = {}
+        invalid: list[UnparsedMessage] = []
+        for result in received:
+            for bad in result.invalid:
+                router.hook.warn_invalid(bad, self.queue_url)
+                invalid.append(bad)
+            for callback in result.callbacks:
+                delivery = by_token.get(callback.token)
+                if delivery is None:
+                    by_token[callback.token] = Delivery(
+                        callback=callback,
+                        receipt_handles=[callback.receipt_handle] if callback.receipt_handle else [],
+                        receive_count=callback.receive_count,
+                        duplicate=router.handed_on(callback.token),
+                    )
+                    continue
+                if callback.receipt_handle:
+                    delivery.receipt_handles.append(callback.receipt_handle)
+                delivery.receive_count = max(delivery.receive_count, callback.receive_count)
+                if callback.is_stopping and not delivery.callback.is_stopping:
+                    delivery.callback = callback
+        return CallbackBatch(
+            id=next(self._ids), deliveries=list(by_token.values()), invalid=invalid, router=router
+        )
+
+    def get_advance_lane(self, broker_payload: Any) -> Hashable:
+        # One lane per batch: a batch waiting for a persist never holds back the others.
+        return broker_payload.id
+
+    async def advance(self, batch: Sequence[AdvanceItem]) -> None:
+        router = self.router
+        deletes: list[str] = []
+        releases: list[tuple[str, int]] = []
+        for item in batch:
+            raw: CallbackBatch = item.broker_payload
+            self._inflight.pop(raw.id, None)
+            for delivery in raw.deliveries:
+                token = delivery.callback.token
+                if delivery.claimed_by is not None:
+                    if item.outcome.is_clean:
+                        router.mark_handed_on(token)
+                        deletes.extend(delivery.receipt_handles)
+                    else:
+                        releases.extend((h, 0) for h in delivery.receipt_handles)
+                elif delivery.duplicate or router.handed_on(token) or router.step_closed(token):
+                    deletes.extend(delivery.receipt_handles)
+                else:
+                    delay = backoff_visibility(delivery.receive_count)
+                    releases.extend((h, delay) for h in delivery.receipt_handles)
+                    if delivery.receive_count >= 2 and not router.hook.steps.is_fresh(token):
+                        router.lookup_later(delivery.callback.pipeline_execution_arn)
+            releases.extend(
+                (bad.receipt_handle, backoff_visibility(bad.receive_count))
+                for bad in raw.invalid
+                if bad.receipt_handle
+            )
+        await self._apply(deletes, releases)
+
+    async def _apply(self, deletes: list[str], releases: list[tuple[str, int]]) -> None:
+        hook = self.router.hook
+        try:
+            if deletes:
+                await hook.delete_messages_async(self.queue_url, deletes)
+            if releases:
+                await hook.change_visibility_async(self.queue_url, releases)
+        except Exception as err:
+            # Nothing is lost: undeleted messages come back when their visibility runs out.
+            hook.log.warning("Advancing %s failed: %s", self.queue_url, describe_error(err))
+
+    async def _keep_hidden(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_AFTER / 2)
+            now = time.monotonic()
+            entries = [
+                (handle, RECEIVE_VISIBILITY)
+                for raw in list(self._inflight.values())
+                if now - raw.received_at > HEARTBEAT_AFTER
+                for delivery in raw.deliveries
+                for handle in delivery.receipt_handles
+            ]
+            if entries:
+                try:
+                    await self.router.hook.change_visibility_async(self.queue_url, entries)
+                except Exception as err:
+                    self.router.hook.log.warning("Extending visibility failed: %s", describe_error(err))
+
+    async def aclose(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self._router is None:
+            return
+        # Batches never advanced (the stream stopped first) go back to the queue at once.
+        handles = [
+            handle
+            for raw in self._inflight.values()
+            for delivery in raw.deliveries
+            for handle in delivery.receipt_handles
+        ] + [
+            bad.receipt_handle for raw in self._inflight.values() for bad in raw.invalid if bad.receipt_handle
+        ]
+        self._inflight.clear()
+        try:
+            if handles:
+                await self._apply([], [(handle, 0) for handle in handles])
+        finally:
+            await self._router.aclose()
+
+
+# ----------------------------------------------------------------------------------------------
+# The trigger
+# ----------------------------------------------------------------------------------------------
+
+
+class SageMakerCallbackTrigger(BaseEventTrigger):
+    """
+    Fire when a SageMaker Pipelines callback that ``matcher`` wants arrives on an SQS queue.
+
+    Deferred from :class:`~airflow_sm_callback.sensors.callback.SageMakerCallbackSensor` it
+    fires once; in an ``AssetWatcher`` it fires once per callback (a DAG run per callback, the
+    callback in the asset event's extra). In the triggerer every trigger on one queue and
+    connection shares one poll loop (see the module docstring).
+
+    .. note:: Like every event trigger, it is not picked up by triggerers started with
+       ``--queues``.
+
+    :param queue_url: the SQS queue the callback steps send to.
+    :param matcher: which callbacks to take: a :class:`~airflow_sm_callback.callback.CallbackMatcher`
+        or its ``to_dict()``.
+    :param aws_conn_id: The Airflow connection used for AWS credentials.
+    :param region_name: AWS region; defaults to the connection's.
+    :param verify: Whether to verify SSL certificates.
+    :param botocore_config: botocore ``Config`` kwargs.
+    :param wait_time_seconds: long-poll time of the standalone path (the shared stream always
+        long-polls 20 seconds).
+    :param handoff_visibility: seconds a claimed message stays hidden on the standalone path,
+        until the task deletes it.
+    :param single_event: fire once and stop (task deferral). Default: once when the trigger
+        belongs to a task instance, every callback otherwise (``AssetWatcher``).
+    """
+
+    def __init__(
+        self,
+        *,
+        queue_url: str,
+        matcher: CallbackMatcher | dict[str, Any],
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict[str, Any] | None = None,
+        wait_time_seconds: int = 20,
+        handoff_visibility: int = 900,
+        single_event: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.queue_url = queue_url
+        self.matcher = matcher if isinstance(matcher, CallbackMatcher) else CallbackMatcher.from_dict(matcher)
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self.verify = verify
+        self.botocore_config = botocore_config
+        self.wait_time_seconds = wait_time_seconds
+        self.handoff_visibility = handoff_visibility
+        self.single_event = single_event
+        self._emitted: set[str] = set()
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "queue_url": self.queue_url,
+                "matcher": self.matcher.to_dict(),
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+                "verify": self.verify,
+                "botocore_config": self.botocore_config,
+                "wait_time_seconds": self.wait_time_seconds,
+                "handoff_visibility": self.handoff_visibility,
+                "single_event": self.single_event,
+            },
+        )
+
+    @property
+    def fires_once(self) -> bool:
+        """Whether this trigger stops after its first callback."""
+        if self.single_event is not None:
+            return self.single_event
+        return self.task_instance is not None
+
+    def hook(self) -> SageMakerCallbackHook:
+        """A hook on this trigger's connection (for the standalone path)."""
+        return SageMakerCallbackHook(
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            config=self.botocore_config,
+        )
+
+    # -- standalone -----------------------------------------------------------------------------
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self.hook()
+        errors = 0
+        try:
+            while True:
+                try:
+                    claim: Claim | None = await hook.poll_for_callback_async(
+                        self.queue_url,
+                        self.matcher,
+                        wait_time_seconds=self.wait_time_seconds,
+                        handoff_visibility=self.handoff_visibility,
+                    )
+                except Exception as err:
+                    if not is_transient(err):
+                        message = f"cannot wait for callbacks on {self.queue_url}: {describe_error(err)}"
+                        if not self.fires_once:
+                            raise RuntimeError(message) from err
+                        yield TriggerEvent(error_event(message))
+                        return
+                    errors += 1
+                    delay = min(MAX_ERROR_BACKOFF, 2.0 ** min(errors, 6) / 2)
+                    self.log.warning(
+                        "Waiting on %s: %s; trying again in %.0fs", self.queue_url, describe_error(err), delay
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                errors = 0
+                if claim is None or claim.callback.token in self._emitted:
+                    continue
+                await hook.mask_async(claim.callback.token)
+                self.log.info("Callback for %s arrived", claim.callback.pipeline_execution_arn)
+                self._emitted.add(claim.callback.token)
+                yield TriggerEvent(success_event(claim.callback, self.queue_url, claim.receipt_handles))
+                if self.fires_once:
+                    return
+                # An AssetWatcher resumed us: the runner has taken the event; delete its messages.
+                await hook.complete_handoff_async(self.queue_url, claim.receipt_handles)
+        finally:
+            await hook.aclose()
+
+    # -- shared stream --------------------------------------------------------------------------
+
+    def shared_stream_key(self) -> Hashable | None:
+        return (
+            "airflow_sm_callback",
+            self.queue_url,
+            self.aws_conn_id,
+            self.region_name,
+            json.dumps(self.verify),
+            json.dumps(self.botocore_config, sort_keys=True, default=str),
+        )
+
+    @classmethod
+    def create_shared_stream_producer(cls, kwargs: dict[str, Any]) -> SharedStreamProducer:
+        return CallbackStreamProducer(kwargs)
+
+    async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
+        once = self.fires_once
+        fired = False
+        me = id(self)
+        matcher = self.matcher
+        try:
+            async for batch in shared_stream:
+                # Keep moving past batches after firing: a batch resolves only when every
+                # trigger has moved past it.
+                if fired:
+                    continue
+                for delivery in batch.deliveries:
+                    if delivery.claimed_by is not None or delivery.duplicate:
+                        continue
+                    callback = delivery.callback
+                    if callback.token in self._emitted or not matcher.matches_message(callback):
+                        continue
+                    if matcher.needs_step_name:
+                        step_name = await batch.router.step_name(callback)
+                        if not matcher.matches(callback, step_name=step_name):
+                            continue
+                        callback = callback.with_step_name(step_name)
+                    if batch.router.step_closed(callback.token) or not batch.claim(delivery, me):
+                        continue
+                    self._emitted.add(callback.token)
+                    await batch.router.hook.mask_async(callback.token)
+                    self.log.info("Callback for %s arrived", callback.pipeline_execution_arn)
+                    yield TriggerEvent(success_event(callback, batch.router.queue_url, None))
+                    if once:
+                        fired = True
+                        break
+        except Exception as err:
+            if not once or fired:
+                raise
+            yield TriggerEvent(error_event(f"the shared poll of {self.queue_url} failed: {err}"))
+
+
+__all__ = [
+    "CallbackBatch",
+    "CallbackStreamProducer",
+    "Delivery",
+    "SageMakerCallbackTrigger",
+    "error_event",
+    "success_event",
+]
