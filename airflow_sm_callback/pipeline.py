@@ -28,8 +28,8 @@ __all__ = [
 _INTEGER_RE: Final = re.compile(r"-?[0-9]+")
 #: ``Steps.<name>.OutputParameters['<output>']`` (quotes may be single or double).
 OUTPUT_REF_RE: Final = re.compile(r"Steps\.([^.\[\]]+)\.OutputParameters\[(['\"])(.+)\2\]")
-#: Any reference to a step's properties.
-STEP_REF_RE: Final = re.compile(r"Steps\.([^.\[\]]+)[.\[]")
+#: Any reference to a step's properties (``match`` it against a ``Get`` path).
+STEP_REF_RE: Final = re.compile(r"Steps\.([^.\[\]]+)")
 
 
 class ExpressionError(ValueError):

@@ -26,6 +26,16 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from airflow_sm_callback.pipeline import (
+    OUTPUT_REF_RE,
+    STEP_REF_RE,
+    ExpressionError,
+    cast_value,
+    referenced_steps,
+    resolve,
+    to_text,
+)
+
 __all__ = [
     "DEFAULT_SETTINGS",
     "EngineError",
@@ -42,9 +52,6 @@ OPEN_STEP_STATUSES: Final = frozenset({"Starting", "Executing", "Stopping"})
 
 _TOKEN_ALPHABET: Final = string.ascii_letters + string.digits
 _TOKEN_RE: Final = re.compile(r"^[a-zA-Z0-9]{10}$")
-_INTEGER_RE: Final = re.compile(r"^-?[0-9]+$")
-_OUTPUT_REF_RE: Final = re.compile(r"""^Steps\.([^.\[\]]+)\.OutputParameters\[(['"])(.+)\2\]$""")
-_STEP_REF_RE: Final = re.compile(r"^Steps\.([^.\[\]]+)")
 _EXECUTION_ID_ALPHABET: Final = string.ascii_lowercase + string.digits
 
 MAX_OUTPUT_PARAMETERS: Final = 50
@@ -75,8 +82,8 @@ class EngineError(Exception):
         self.message = message
 
 
-class _ResolutionError(Exception):
-    """An expression in a definition could not be resolved or evaluated."""
+#: An expression in a definition could not be resolved or evaluated.
+_ResolutionError = ExpressionError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,63 +150,6 @@ class EngineSettings:
 
 
 DEFAULT_SETTINGS: Final = EngineSettings()
-
-
-def cast_value(value: Any, type_name: str) -> Any:
-    """
-    Cast a value received as a string to a declared parameter or output type.
-
-    Integer: a decimal string (``"42"``, ``"-3"``; not ``"4.0"``) or an int. Float: anything
-    :func:`float` accepts that is finite. Boolean: ``"true"``/``"false"`` in any case, or a bool.
-    String: as it is (non-strings are turned into their JSON text).
-
-    :param value: the value to cast.
-    :param type_name: ``String``, ``Integer``, ``Float`` or ``Boolean``.
-    :return: the typed value.
-    :raises ValueError: when the value does not cast.
-    """
-    if type_name == "String":
-        if isinstance(value, str):
-            return value
-        return _to_text(value)
-    if type_name == "Integer":
-        if isinstance(value, bool):
-            raise ValueError(f"{value!r} is not an Integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str) and _INTEGER_RE.match(value):
-            return int(value)
-        raise ValueError(f"{value!r} is not an Integer")
-    if type_name == "Float":
-        if isinstance(value, bool):
-            raise ValueError(f"{value!r} is not a Float")
-        try:
-            result = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{value!r} is not a Float") from None
-        if not math.isfinite(result):
-            raise ValueError(f"{value!r} is not a finite Float")
-        return result
-    if type_name == "Boolean":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ValueError(f"{value!r} is not a Boolean")
-    raise ValueError(f"unknown type {type_name!r}")
-
-
-def _to_text(value: Any) -> str:
-    """Render a resolved value as SageMaker renders it inside strings (``Std:Join``)."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(value)
 
 
 def _now() -> datetime:
@@ -489,7 +439,7 @@ class StepEngine:
                         f"PipelineParameters: value of parameter {name!r} is not a valid {type_name}: {exc}",
                     ) from None
                 typed[name] = raw
-            listed.append({"Name": name, "Value": _to_text(raw)})
+            listed.append({"Name": name, "Value": to_text(raw)})
         return typed, listed
 
     # ------------------------------------------------------------------ reads
@@ -527,7 +477,7 @@ class StepEngine:
                 except _ResolutionError:
                     resolved = {}
                 response["PipelineExperimentConfig"] = {
-                    k: _to_text(v) for k, v in resolved.items() if k in ("ExperimentName", "TrialName")
+                    k: to_text(v) for k, v in resolved.items() if k in ("ExperimentName", "TrialName")
                 }
             return response
 
@@ -945,7 +895,7 @@ class StepEngine:
             elif step.type == "Fail":
                 arguments = step.body.get("Arguments") or {}
                 message = self._resolve(execution, arguments.get("ErrorMessage", ""))
-                text = _to_text(message)
+                text = to_text(message)
                 run.error_message = text
                 run.close("Failed", text)
                 self._fail(execution, text)
@@ -1019,25 +969,7 @@ class StepEngine:
     # ------------------------------------------------------------------ expressions
 
     def _resolve(self, execution: _Execution, value: Any) -> Any:
-        if isinstance(value, dict):
-            if len(value) == 1:
-                ((key, inner),) = value.items()
-                if key == "Get" and isinstance(inner, str):
-                    return self._get_value(execution, inner)
-                if key == "Std:Join":
-                    if not isinstance(inner, dict):
-                        raise _ResolutionError("Std:Join needs an object with On and Values")
-                    separator = _to_text(self._resolve(execution, inner.get("On", "")))
-                    items = self._resolve(execution, inner.get("Values") or [])
-                    if not isinstance(items, list):
-                        raise _ResolutionError("Std:Join Values must be a list")
-                    return separator.join(_to_text(item) for item in items)
-                if key.startswith("Std:"):
-                    return f"<{key} placeholder>"
-            return {k: self._resolve(execution, v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._resolve(execution, item) for item in value]
-        return value
+        return resolve(value, lambda path: self._get_value(execution, path))
 
     def _get_value(self, execution: _Execution, path: str) -> Any:
         if path.startswith("Parameters."):
@@ -1057,7 +989,7 @@ class StepEngine:
             if attribute not in values:
                 raise _ResolutionError(f"unknown execution variable {path!r}")
             return values[attribute]
-        match = _OUTPUT_REF_RE.match(path)
+        match = OUTPUT_REF_RE.fullmatch(path)
         if match:
             step_name, output_name = match.group(1), match.group(3)
             run = execution.runs.get(step_name)
@@ -1081,7 +1013,7 @@ class StepEngine:
                             f"{output['Value']!r}, which is not a valid {type_name}"
                         ) from None
             raise _ResolutionError(f"step {step_name} did not set output {output_name!r}")
-        if _STEP_REF_RE.match(path):
+        if STEP_REF_RE.match(path):
             return f"<{path}>"
         raise _ResolutionError(f"unsupported expression {path!r}")
 
@@ -1136,23 +1068,6 @@ def _compare(kind: str, left: Any, right: Any) -> bool:
     return bool(left <= right)
 
 
-def _referenced_steps(value: Any) -> set[str]:
-    found: set[str] = set()
-    if isinstance(value, dict):
-        get = value.get("Get")
-        if len(value) == 1 and isinstance(get, str):
-            match = _STEP_REF_RE.match(get)
-            if match:
-                found.add(match.group(1))
-            return found
-        for item in value.values():
-            found |= _referenced_steps(item)
-    elif isinstance(value, list):
-        for item in value:
-            found |= _referenced_steps(item)
-    return found
-
-
 def _parse_steps(definition: dict[str, Any]) -> dict[str, _StepDef]:
     steps: dict[str, _StepDef] = {}
 
@@ -1177,9 +1092,9 @@ def _parse_steps(definition: dict[str, Any]) -> dict[str, _StepDef]:
                     raise EngineError(
                         "ValidationException", f"PipelineDefinition: Arguments of {name} must be an object"
                     )
-                refs = _referenced_steps(arguments.get("Conditions") or [])
+                refs = referenced_steps(arguments.get("Conditions") or [])
             else:
-                refs = _referenced_steps(item)
+                refs = referenced_steps(item)
             steps[name] = _StepDef(
                 name=name,
                 type=kind,
