@@ -108,6 +108,11 @@ def success_event(
     }
 
 
+def timeout_event(deadline: float | None) -> dict[str, Any]:
+    """The payload of the event a single-event trigger fires when its deadline passed."""
+    return {"status": "timeout", "deadline": deadline}
+
+
 def error_event(message: str) -> dict[str, Any]:
     """The payload of the event a trigger fires when it cannot wait any longer."""
     return {"status": "error", "message": message}
@@ -440,6 +445,8 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         until the task deletes it.
     :param single_event: fire once and stop (task deferral). Default: once when the trigger
         belongs to a task instance, every callback otherwise (``AssetWatcher``).
+    :param deadline: a UNIX time at which a single-event trigger stops waiting and fires a
+        ``timeout`` event (so the task can close the step); ``None`` waits without end.
     """
 
     def __init__(
@@ -454,6 +461,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         wait_time_seconds: int = 20,
         handoff_visibility: int = 900,
         single_event: bool | None = None,
+        deadline: float | None = None,
     ) -> None:
         super().__init__()
         self.queue_url = queue_url
@@ -465,6 +473,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         self.wait_time_seconds = wait_time_seconds
         self.handoff_visibility = handoff_visibility
         self.single_event = single_event
+        self.deadline = deadline
         self._emitted: set[str] = set()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -480,6 +489,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                 "wait_time_seconds": self.wait_time_seconds,
                 "handoff_visibility": self.handoff_visibility,
                 "single_event": self.single_event,
+                "deadline": self.deadline,
             },
         )
 
@@ -489,6 +499,12 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         if self.single_event is not None:
             return self.single_event
         return self.task_instance is not None
+
+    def _remaining(self) -> float | None:
+        """Seconds until the deadline (``None`` without one, or for a trigger that fires often)."""
+        if self.deadline is None or not self.fires_once:
+            return None
+        return self.deadline - time.time()
 
     def hook(self) -> SageMakerCallbackHook:
         """A hook on this trigger's connection (for the standalone path)."""
@@ -506,11 +522,20 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         errors = 0
         try:
             while True:
+                remaining = self._remaining()
+                if remaining is not None and remaining <= 0:
+                    yield TriggerEvent(timeout_event(self.deadline))
+                    return
+                wait = (
+                    self.wait_time_seconds
+                    if remaining is None
+                    else max(0, min(self.wait_time_seconds, int(remaining)))
+                )
                 try:
                     claim: Claim | None = await hook.poll_for_callback_async(
                         self.queue_url,
                         self.matcher,
-                        wait_time_seconds=self.wait_time_seconds,
+                        wait_time_seconds=wait,
                         handoff_visibility=self.handoff_visibility,
                     )
                 except Exception as err:
@@ -562,8 +587,22 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         fired = False
         me = id(self)
         matcher = self.matcher
+        stream = aiter(shared_stream)
+        loop = asyncio.get_running_loop()
+        remaining = self._remaining()
+        until = None if remaining is None else loop.time() + remaining
         try:
-            async for batch in shared_stream:
+            while True:
+                try:
+                    async with asyncio.timeout_at(None if fired else until) as waiting:
+                        batch = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if not waiting.expired():
+                        raise
+                    yield TriggerEvent(timeout_event(self.deadline))
+                    return
                 # Keep moving past batches after firing: a batch resolves only when every
                 # trigger has moved past it.
                 if fired:
@@ -601,4 +640,5 @@ __all__ = [
     "SageMakerCallbackTrigger",
     "error_event",
     "success_event",
+    "timeout_event",
 ]

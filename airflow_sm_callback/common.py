@@ -1,0 +1,159 @@
+"""What the sensor, the operators and the decorator share: AWS parameters, token masking, task identity."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow_sm_callback.callback import (
+    TOKEN_RE,
+    CallbackMessage,
+    Outcome,
+    client_request_token,
+)
+from airflow_sm_callback.hooks.callback import SageMakerCallbackHook, register_token
+
+if TYPE_CHECKING:
+    import jinja2
+    from airflow.sdk import Context
+
+#: Template fields every class here has, as in the amazon provider.
+AWS_TEMPLATE_FIELDS: tuple[str, ...] = ("aws_conn_id", "region_name", "verify")
+
+
+def mask_tokens_in(value: Any, *, _depth: int = 0) -> None:
+    """
+    Register every callback token found in ``value`` with the secrets masker.
+
+    Finds tokens as the ``token`` of callback dicts (the sensor's XCom), in keys named like a
+    token, and in lists and dicts of those, so rendered template fields never show them.
+    """
+    if _depth > 8:
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if (
+                isinstance(key, str)
+                and key.lower() in {"token", "callback_token", "callbacktoken"}
+                and isinstance(item, str)
+                and TOKEN_RE.fullmatch(item)
+            ):
+                register_token(item)
+            else:
+                mask_tokens_in(item, _depth=_depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            mask_tokens_in(item, _depth=_depth + 1)
+
+
+class CallbackAwsMixin:
+    """
+    AWS connection parameters (as in the amazon provider) and a lazily built
+    :class:`~airflow_sm_callback.hooks.callback.SageMakerCallbackHook`.
+
+    Rendered template fields are scanned for callback tokens, which are registered with the
+    secrets masker before Airflow stores or shows the rendered values.
+    """
+
+    aws_conn_id: str | None
+    region_name: str | None
+    verify: bool | str | None
+    botocore_config: dict[str, Any] | None
+    template_fields: Any
+
+    def _init_aws(
+        self,
+        aws_conn_id: str | None,
+        region_name: str | None,
+        verify: bool | str | None,
+        botocore_config: dict[str, Any] | None,
+    ) -> None:
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self.verify = verify
+        self.botocore_config = botocore_config
+
+    @cached_property
+    def hook(self) -> SageMakerCallbackHook:
+        """The hook on this task's connection (built on first use, never in ``__init__``)."""
+        return SageMakerCallbackHook(
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            config=self.botocore_config,
+        )
+
+    def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
+        super().render_template_fields(context, jinja_env)  # type: ignore[misc]
+        for name in self.template_fields:
+            mask_tokens_in({name: getattr(self, name, None)})
+
+
+def rendered_optional(value: Any) -> Any:
+    """
+    A rendered template field that may be unset: ``None``, ``""`` and the text ``"None"`` (what
+    Jinja renders for ``None`` unless the DAG renders natively) all mean unset.
+    """
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
+        return None
+    return value
+
+
+def rendered_mapping(value: Any, name: str) -> dict[str, Any]:
+    """
+    A rendered template field that must be a mapping; Jinja renders a dict to its text (JSON or
+    Python literal), which is parsed back.
+
+    :raises ValueError: naming the field when it is not a mapping.
+    """
+    value = rendered_optional(value)
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        import ast
+        import json
+
+        text = value.strip()
+        try:
+            value = json.loads(text)
+        except ValueError:
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                raise ValueError(f"{name} must be a dict, got the text {text[:80]!r}") from None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a dict, got {type(value).__name__}")
+    return dict(value)
+
+
+def task_identity(context: Context) -> dict[str, Any]:
+    """DAG id, run id, task id and map index of the running task (for request tokens)."""
+    ti = context["ti"]
+    return {
+        "dag_id": ti.dag_id,
+        "run_id": ti.run_id,
+        "task_id": ti.task_id,
+        "map_index": getattr(ti, "map_index", -1) if getattr(ti, "map_index", None) is not None else -1,
+    }
+
+
+def request_token_for(context: Context, token: str, outcome: Outcome) -> str:
+    """The ``ClientRequestToken`` for this task closing ``token`` one way (the same on every try)."""
+    return client_request_token(callback_token=token, outcome=outcome, **task_identity(context))
+
+
+def callback_from(value: Any) -> CallbackMessage:
+    """
+    A callback from what a user passes: the sensor's XCom dict, an asset event's extra (which
+    holds it under ``callback``), or a :class:`CallbackMessage`.
+
+    :raises ValueError: naming what is wrong.
+    """
+    if isinstance(value, CallbackMessage):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("callback"), Mapping):
+        value = value["callback"]
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected the callback dict the sensor pushes to XCom, got {type(value).__name__}")
+    return CallbackMessage.from_dict(value)

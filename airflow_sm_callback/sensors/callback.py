@@ -1,0 +1,437 @@
+"""SageMakerCallbackSensor: wait for this run's callback on a queue that many runs share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+)
+
+from airflow_sm_callback.callback import (
+    CallbackMatcher,
+    CallbackMessage,
+    CallbackStatus,
+    Outcome,
+    mask_token,
+)
+from airflow_sm_callback.common import (
+    AWS_TEMPLATE_FIELDS,
+    CallbackAwsMixin,
+    rendered_mapping,
+    rendered_optional,
+    request_token_for,
+)
+from airflow_sm_callback.hooks.callback import AmbiguousCallbackStep
+from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: Reason sent when the stop reached the callback before the Airflow work started.
+STOPPED_BEFORE_WORK = (
+    "The pipeline execution is stopping (StopPipelineExecution); "
+    "Airflow closed this callback step without starting its work."
+)
+
+
+class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
+    """
+    Wait for the callback of *this* run on an SQS queue that many runs share.
+
+    Every criterion given must hold: ``pipeline_execution_arn`` (usually
+    ``"{{ ti.xcom_pull(task_ids='start_pipeline') }}"``), ``pipeline_name``,
+    ``callback_step_name`` and ``arguments``. Messages this sensor does not want are handed back
+    at once for their own waiters; the wanted message is deleted only after its callback was
+    pushed to XCom (``return_value``), so a crash in between loses nothing.
+
+    The result (XCom ``return_value``) is a JSON dict: ``token``, ``pipeline_execution_arn``,
+    ``pipeline_name``, ``execution_id``, ``step_name``, ``arguments``, ``status``,
+    ``message_id``, ``receive_count``, ``sent_at`` and ``queue_url``. The token is masked in logs
+    and rendered templates; it is stored in XCom by design (the closing task needs it).
+
+    On ``Stopping`` (``StopPipelineExecution`` before the work started) the sensor closes the
+    step as failed, so the stop completes, and skips: downstream work does not start.
+
+    When the wait times out (``timeout``), with ``on_timeout="fail_step"`` (default) a callback
+    step that is already executing is closed as failed with a reason saying the Airflow wait
+    timed out; if no callback step has started and ``stop_execution_on_timeout`` is set, the
+    execution is stopped so no step opens later with nobody waiting. Both need
+    ``pipeline_execution_arn``.
+
+    A retried or cleared run (try number above 1) whose message is already gone finds its
+    token with ``ListPipelineExecutionSteps`` when the execution is known.
+
+    :param queue_url: the SQS queue the callback step sends to. (templated)
+    :param pipeline_execution_arn: wait for a callback of this execution. (templated)
+    :param pipeline_name: wait for a callback of this pipeline. (templated)
+    :param callback_step_name: the callback step's ``Name`` in the pipeline definition, for
+        pipelines with several callback steps (mapped from the token with
+        ``ListPipelineExecutionSteps``, once per token). (templated)
+    :param arguments: argument values the callback must carry, e.g. ``{"step_name": "score"}``;
+        a string matches a number or boolean by its text. (templated)
+    :param deferrable: wait in the triggerer, costing no worker slot (default from
+        ``[operators] default_deferrable``).
+    :param on_timeout: ``"fail_step"`` closes an executing callback step as failed when the wait
+        times out; ``"none"`` leaves it.
+    :param stop_execution_on_timeout: on timeout, stop the execution when its callback step has
+        not started yet.
+    :param wait_time_seconds: long-poll time of one receive in poke and reschedule mode (default
+        20 in poke mode, 5 in reschedule mode).
+    :param handoff_visibility: seconds the matched message stays hidden while it is handed to
+        the task (deferrable mode without a shared stream; also bounds a poke's hand-off).
+    :param aws_conn_id: The Airflow connection used for AWS credentials. (templated)
+    :param region_name: AWS region; defaults to the connection's. (templated)
+    :param verify: Whether to verify SSL certificates. (templated)
+    :param botocore_config: botocore ``Config`` kwargs (retries, timeouts).
+    """
+
+    template_fields: Sequence[str] = (
+        *AWS_TEMPLATE_FIELDS,
+        "queue_url",
+        "pipeline_execution_arn",
+        "pipeline_name",
+        "callback_step_name",
+        "arguments",
+    )
+    template_fields_renderers: ClassVar[dict[str, str]] = {"arguments": "json"}
+    ui_color = "#c5e6f2"
+
+    def __init__(
+        self,
+        *,
+        queue_url: str,
+        pipeline_execution_arn: str | None = None,
+        pipeline_name: str | None = None,
+        callback_step_name: str | None = None,
+        arguments: dict[str, Any] | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        on_timeout: Literal["fail_step", "none"] = "fail_step",
+        stop_execution_on_timeout: bool = False,
+        wait_time_seconds: int | None = None,
+        handoff_visibility: int = 900,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if on_timeout not in ("fail_step", "none"):
+            raise ValueError(f"on_timeout must be 'fail_step' or 'none', got {on_timeout!r}")
+        self._init_aws(aws_conn_id, region_name, verify, botocore_config)
+        self.queue_url = queue_url
+        self.pipeline_execution_arn = pipeline_execution_arn
+        self.pipeline_name = pipeline_name
+        self.callback_step_name = callback_step_name
+        self.arguments = arguments or {}
+        self.deferrable = deferrable
+        self.on_timeout = on_timeout
+        self.stop_execution_on_timeout = stop_execution_on_timeout
+        self.wait_time_seconds = wait_time_seconds
+        self.handoff_visibility = handoff_visibility
+        self._recovery_done = False
+
+    # -- what to wait for -----------------------------------------------------------------------
+
+    def matcher(self) -> CallbackMatcher:
+        """The rendered criteria; raises :class:`ValueError` naming what is wrong."""
+        return CallbackMatcher(
+            pipeline_execution_arn=rendered_optional(self.pipeline_execution_arn),
+            pipeline_name=rendered_optional(self.pipeline_name),
+            step_name=rendered_optional(self.callback_step_name),
+            arguments=rendered_mapping(self.arguments, "arguments"),
+        )
+
+    def _wait_time(self) -> int:
+        if self.wait_time_seconds is not None:
+            return max(0, min(20, int(self.wait_time_seconds)))
+        return 5 if self.reschedule else 20
+
+    # -- execute --------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        matcher = self.matcher()
+        self.log.info("Waiting on %s for the callback of %s", self.queue_url, matcher.describe())
+        try:
+            if not self.deferrable:
+                return super().execute(context)
+            # Poke once, quickly, before deferring: the callback may already be there.
+            result = self._poke(context, matcher, wait_time_seconds=0)
+            if result is not None:
+                return result
+            self._defer(matcher)
+        except AirflowSensorTimeout:
+            self._handle_timeout(context)
+            raise
+        except AirflowSkipException as err:
+            # With soft_fail, Airflow turns the timeout into a skip.
+            if str(err).startswith("Sensor has timed out"):
+                self._handle_timeout(context)
+            raise
+
+    def _defer(self, matcher: CallbackMatcher, deadline: float | None = None) -> None:
+        """
+        Defer to the trigger until ``deadline`` (a UNIX time, ``timeout`` from now by default).
+
+        The trigger itself fires a ``timeout`` event at the deadline, so the timeout is handled
+        wherever the trigger runs (``airflow dags test`` included); the deferral's own timeout,
+        a minute later, is a backstop.
+        """
+        deadline = deadline if deadline is not None else time.time() + self.timeout
+        self.defer(
+            trigger=SageMakerCallbackTrigger(
+                queue_url=self.queue_url,
+                matcher=matcher,
+                aws_conn_id=self.aws_conn_id,
+                region_name=self.region_name,
+                verify=self.verify,
+                botocore_config=self.botocore_config,
+                handoff_visibility=self.handoff_visibility,
+                single_event=True,
+                deadline=deadline,
+            ),
+            method_name="execute_complete",
+            kwargs={"deadline": deadline},
+            timeout=timedelta(seconds=max(0.0, deadline - time.time()) + 60),
+        )
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        result = self._poke(context, self.matcher(), wait_time_seconds=self._wait_time())
+        if result is None:
+            return False
+        return PokeReturnValue(is_done=True, xcom_value=result)
+
+    def _poke(
+        self, context: Context, matcher: CallbackMatcher, *, wait_time_seconds: int
+    ) -> dict[str, Any] | None:
+        if not self._recovery_done:
+            self._recovery_done = True
+            recovered = self._recover(context, matcher)
+            if recovered is not None:
+                return recovered
+        claim = self.hook.poll_for_callback(
+            self.queue_url,
+            matcher,
+            wait_time_seconds=wait_time_seconds,
+            handoff_visibility=self.handoff_visibility,
+        )
+        if claim is None:
+            return None
+        return self._hand_on(context, claim.callback, claim.receipt_handles)
+
+    def execute_complete(self, context: Context, event: dict[str, Any], deadline: float | None = None) -> Any:
+        """Take the trigger's event: hand the callback on, then delete its messages (standalone path)."""
+        if not isinstance(event, dict) or event.get("status") not in ("success", "error", "timeout"):
+            raise AirflowException(f"unexpected trigger event: {event!r}")
+        if event["status"] == "error":
+            raise AirflowException(event.get("message") or "the callback trigger failed")
+        if event["status"] == "timeout":
+            self._handle_timeout(context)
+            message = f"No callback arrived within the sensor's timeout of {self.timeout:.0f}s"
+            if self.soft_fail:
+                raise AirflowSkipException(message)
+            raise AirflowSensorTimeout(message)
+        callback = CallbackMessage.from_dict(event["callback"])
+        result = self._hand_on(context, callback, event.get("receipt_handles") or [])
+        if result is None:
+            # The message was stale (its step was already closed): keep waiting.
+            self._defer(self.matcher(), deadline)
+        return result
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except (AirflowSensorTimeout, AirflowSkipException) as err:
+            # The deferral's own timeout (the backstop behind the trigger's deadline).
+            timed_out = isinstance(err, AirflowSensorTimeout) or isinstance(
+                err.__cause__, AirflowSensorTimeout
+            )
+            if next_method == TRIGGER_FAIL_REPR and timed_out:
+                self._handle_timeout(context)
+            raise
+
+    # -- hand-off -------------------------------------------------------------------------------
+
+    def _hand_on(
+        self, context: Context, callback: CallbackMessage, receipt_handles: Sequence[str]
+    ) -> dict[str, Any] | None:
+        """
+        Check the callback against the step's state, push it to XCom, then delete its messages.
+
+        :return: the XCom dict, or ``None`` when the message was stale (its step already closed).
+        :raises AirflowSkipException: when the execution is stopping (the step is closed first).
+        """
+        hook = self.hook
+        hook.mask(callback.token)
+        arn = callback.pipeline_execution_arn
+        step = None
+        try:
+            step = hook.find_callback_step(arn, token=callback.token)
+        except Exception as err:
+            self.log.warning("Could not look up the callback step of %s: %s", arn, err)
+        if step is not None and step.is_closed:
+            self.log.info(
+                "Callback %s of %s is for step %s, already %s: deleting the stale message",
+                mask_token(callback.token),
+                arn,
+                step.name,
+                step.status,
+            )
+            if receipt_handles:
+                hook.complete_handoff(self.queue_url, receipt_handles)
+            return None
+        if step is not None and callback.step_name is None:
+            callback = callback.with_step_name(step.name)
+        stopping = callback.is_stopping or (step is not None and step.status == "Stopping")
+        if not stopping:
+            try:
+                stopping = hook.describe_execution(arn).get("PipelineExecutionStatus") == "Stopping"
+            except Exception as err:
+                self.log.warning("Could not describe %s: %s", arn, err)
+        if stopping:
+            hook.send_step_failure(
+                callback.token,
+                STOPPED_BEFORE_WORK,
+                client_request_token=request_token_for(context, callback.token, Outcome.FAILURE),
+                execution_arn=arn,
+            )
+            if receipt_handles:
+                hook.complete_handoff(self.queue_url, receipt_handles)
+            raise AirflowSkipException(
+                f"{arn} is stopping: its callback step {callback.step_name or ''} was closed as failed "
+                "and the work was not started"
+            )
+        result = {**callback.to_dict(), "queue_url": self.queue_url}
+        # Push explicitly before deleting: Airflow pushes a returned value only after execute.
+        context["ti"].xcom_push(key="return_value", value=result)
+        if receipt_handles:
+            outcome = hook.complete_handoff(self.queue_url, receipt_handles)
+            if not outcome.ok:
+                self.log.warning(
+                    "Some callback messages were not deleted; they will come back and be deleted as stale"
+                )
+        self.log.info(
+            "Callback %s of %s (step %s, %s) handed on",
+            mask_token(callback.token),
+            arn,
+            callback.step_name,
+            callback.status.value,
+        )
+        return result
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def _open_callbacks(self, matcher: CallbackMatcher) -> tuple[list[CallbackMessage], bool]:
+        """
+        The open callback steps of the known execution that ``matcher`` wants, as callbacks
+        (token from ``ListPipelineExecutionSteps``, arguments rebuilt from the execution).
+
+        :return: the callbacks, and whether any callback step (open or closed) that could be the
+            one wanted has started.
+        """
+        arn = matcher.pipeline_execution_arn
+        assert arn is not None
+        steps = self.hook.list_callback_steps(arn)
+        if matcher.step_name:
+            steps = [s for s in steps if s.name == matcher.step_name]
+        found = []
+        for step in steps:
+            if not (step.is_open and step.token):
+                continue
+            try:
+                arguments = self.hook.resolve_step_arguments(arn, step.name)
+            except Exception as err:
+                self.log.warning("Could not rebuild the arguments of step %s: %s", step.name, err)
+                if matcher.arguments:
+                    continue  # whether it is the one wanted cannot be told
+                arguments = {}
+            callback = CallbackMessage.from_dict(
+                {
+                    "token": step.token,
+                    "pipeline_execution_arn": arn,
+                    "arguments": arguments,
+                    "status": (
+                        CallbackStatus.STOPPING.value
+                        if step.status == "Stopping"
+                        else CallbackStatus.EXECUTING.value
+                    ),
+                    "step_name": step.name,
+                }
+            )
+            if matcher.matches(callback):
+                found.append(callback)
+        return found, bool(steps)
+
+    def _recover(self, context: Context, matcher: CallbackMatcher) -> dict[str, Any] | None:
+        """On a retry or a cleared run, find the open callback step's token without the queue."""
+        ti = context["ti"]
+        if not matcher.pipeline_execution_arn or (getattr(ti, "try_number", 1) or 1) <= 1:
+            return None
+        try:
+            found, _ = self._open_callbacks(matcher)
+        except Exception as err:
+            self.log.warning("Could not list the steps of %s: %s", matcher.pipeline_execution_arn, err)
+            return None
+        if len(found) != 1:
+            if found:
+                self.log.info("Several open callback steps match; not recovering without callback_step_name")
+            return None
+        self.log.info(
+            "Recovered the callback of step %s of %s from the execution's steps",
+            found[0].step_name,
+            found[0].pipeline_execution_arn,
+        )
+        return self._hand_on(context, found[0], [])
+
+    # -- timeout --------------------------------------------------------------------------------
+
+    def _handle_timeout(self, context: Context) -> None:
+        """Close an executing callback step as failed, or stop an execution whose step has not started."""
+        try:
+            matcher = self.matcher()
+        except ValueError as err:
+            self.log.error("The wait timed out with invalid criteria: %s", err)
+            return
+        arn = matcher.pipeline_execution_arn
+        if not arn:
+            self.log.warning("The wait timed out; without pipeline_execution_arn no step can be closed")
+            return
+        hook = self.hook
+        try:
+            found, started = self._open_callbacks(matcher)
+            if len(found) > 1:
+                raise AmbiguousCallbackStep(
+                    f"{arn} has several open callback steps this sensor could mean; "
+                    "set callback_step_name to close one on timeout"
+                )
+            if found and self.on_timeout == "fail_step":
+                callback = found[0]
+                reason = (
+                    f"The Airflow wait for this callback timed out after {self.timeout:.0f}s "
+                    f"(task {context['ti'].dag_id}.{context['ti'].task_id})."
+                )
+                hook.send_step_failure(
+                    callback.token,
+                    reason,
+                    client_request_token=request_token_for(context, callback.token, Outcome.FAILURE),
+                    execution_arn=arn,
+                )
+                self.log.warning(
+                    "The wait timed out: closed callback step %s of %s as failed", callback.step_name, arn
+                )
+                return
+            if not started and self.stop_execution_on_timeout:
+                status = hook.describe_execution(arn).get("PipelineExecutionStatus")
+                if status == "Executing":
+                    hook.stop_execution(arn)
+                    self.log.warning("The wait timed out before the callback step started: stopped %s", arn)
+        except Exception as err:
+            self.log.error("The wait timed out and the step could not be closed: %s", err)

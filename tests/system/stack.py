@@ -1,0 +1,222 @@
+"""
+The real Airflow processes, as ``airflow standalone`` starts them: scheduler, triggerer, DAG
+processor and API server, with the LocalExecutor, in a throwaway AIRFLOW_HOME, talking to the
+emulator. Used by the system tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class AirflowStack:
+    """
+    Start and stop the Airflow processes; trigger DAG runs and read their state over the REST API.
+
+    :param dags_folder: the DAGs to serve.
+    :param extra_env: more environment (an ``AIRFLOW_CONN_*`` for the emulator, settings).
+    :param settings: Airflow settings as ``{"section__key": value}``.
+    :param sql_alchemy_conn: the metadata database (SQLite in the home by default).
+    """
+
+    dags_folder: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
+    sql_alchemy_conn: str | None = None
+    home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="airflow-stack-")))
+    port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__AUTH_MANAGER": (
+                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+                ),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api}/execution/",
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__BASE_URL": self.api,
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+                "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            }
+        )
+        # SQLite with several writing processes: wait for the lock instead of failing at once.
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = (
+            self.sql_alchemy_conn or f"sqlite:///{self.home / 'airflow.db'}?timeout=60"
+        )
+        for key, value in self.settings.items():
+            env[f"AIRFLOW__{key.upper()}"] = str(value)
+        env.update(self.extra_env)
+        return env
+
+    def log_path(self, component: str) -> Path:
+        return self.home / f"{component}.out"
+
+    def airflow(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run one ``airflow`` command in this stack's environment."""
+        return subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
+
+    def start(self, components: tuple[str, ...] = COMPONENTS) -> AirflowStack:
+        """Migrate the database (first time) and start the components; wait for the API."""
+        if not (self.home / ".migrated").exists():
+            self.airflow("db", "migrate")
+            (self.home / ".migrated").touch()
+        for component in components:
+            self.start_component(component)
+        self.wait_for_api()
+        return self
+
+    def start_component(self, component: str, name: str | None = None) -> None:
+        """Start one component (``name`` lets two of the same kind run, e.g. two triggerers)."""
+        name = name or component
+        out = self.log_path(name).open("ab")
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "airflow", component],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill a component and its children (SIGKILL: no clean shutdown)."""
+        process = self.processes.pop(name, None)
+        if process is None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop every component (SIGTERM, then SIGKILL)."""
+        for name in list(self.processes):
+            self.kill(name, signal.SIGTERM)
+
+    def __enter__(self) -> AirflowStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- REST -------------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.api}/api/v2/{path.lstrip('/')}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=60) as response:
+            text = response.read()
+        return json.loads(text) if text else None
+
+    def wait_for_api(self, within: float = 180) -> None:
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                self.request("GET", "version")
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the API server did not start; see {self.log_path('api-server')}"
+                    ) from None
+                time.sleep(1)
+
+    def wait_for_dag(self, dag_id: str, within: float = 180) -> None:
+        """Wait until the DAG processor has parsed ``dag_id``; unpause it."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                self.request("GET", f"dags/{dag_id}")
+                self.request("PATCH", f"dags/{dag_id}", {"is_paused": False})
+                return
+            except urllib.error.HTTPError as err:
+                if err.code != 404 or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str) -> None:
+        self.request(
+            "POST", f"dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf}
+        )
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return str(self.request("GET", f"dags/{dag_id}/dagRuns/{run_id}")["state"])
+
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        result = self.request("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        return {ti["task_id"]: ti for ti in result["task_instances"]}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        entry = self.request(
+            "GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        )
+        return entry["value"]
+
+    def wait_for_runs(self, dag_id: str, run_ids: list[str], within: float) -> dict[str, str]:
+        """Wait until every run finished (or ``within`` passed); return their states."""
+        deadline = time.monotonic() + within
+        states: dict[str, str] = {}
+        while True:
+            states = {run_id: self.run_state(dag_id, run_id) for run_id in run_ids}
+            if all(s in ("success", "failed") for s in states.values()) or time.monotonic() > deadline:
+                return states
+            time.sleep(2)
+
+    def logs(self) -> str:
+        """Everything the components printed."""
+        return "\n".join(p.read_text(errors="replace") for p in self.home.glob("*.out"))

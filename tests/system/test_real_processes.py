@@ -1,0 +1,73 @@
+"""Deferrable sensors under the real scheduler, triggerer, DAG processor and API server."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_sm_callback.testing import CallbackEmulator
+from tests.fixtures import callback_definition, unique
+from tests.system.stack import ROOT, AirflowStack
+
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture(scope="module")
+def stack(sagemaker_callback_emulator: CallbackEmulator) -> Iterator[AirflowStack]:
+    with AirflowStack(
+        dags_folder=ROOT / "tests" / "dags",
+        extra_env=sagemaker_callback_emulator.airflow_connection(),
+        settings={"core__max_active_runs_per_dag": "64", "core__parallelism": "32"},
+    ) as running:
+        running.wait_for_dag("sensor_deferrable")
+        yield running
+
+
+def all_logs(stack: AirflowStack) -> str:
+    task_logs = "\n".join(
+        p.read_text(errors="replace") for p in (stack.home / "logs").rglob("*") if p.is_file()
+    )
+    return stack.logs() + task_logs
+
+
+def test_concurrent_runs_each_get_their_own_callback(
+    emulator: CallbackEmulator, callback_queue: str, stack: AirflowStack
+) -> None:
+    emulator.reset()
+    count = 12
+    runs = {f"{unique('run')}-{i}": i for i in range(count)}
+    for run_id, i in runs.items():
+        stack.trigger("sensor_deferrable", {"queue_url": callback_queue, "arguments": {"run": i}}, run_id)
+    # Each run waits for the execution whose callback carries its own number; the executions
+    # start in random order and share the queue.
+    arns: dict[int, str] = {}
+    order = list(range(count))
+    random.shuffle(order)
+    for i in order:
+        name = unique("pipe")
+        emulator.create_pipeline(
+            name, callback_definition(callback_queue, outputs={"echo": "String"}, arguments={"run": i})
+        )
+        arns[i] = emulator.start_execution(name)
+
+    states = stack.wait_for_runs("sensor_deferrable", list(runs), within=300)
+    assert set(states.values()) == {"success"}, states
+    for run_id, i in runs.items():
+        callback = stack.xcom("sensor_deferrable", run_id, "wait")
+        assert callback["arguments"] == {"step_name": "score", "run": i}
+        assert callback["pipeline_execution_arn"] == arns[i]
+    for arn in arns.values():
+        assert emulator.wait_for_execution(arn, timeout=30) == "Succeeded"
+        outputs = emulator.step(arn, "Score")["Metadata"]["Callback"]["OutputParameters"]
+        assert outputs == [{"Name": "echo", "Value": "score"}]
+    assert emulator.queue_messages(callback_queue) == []
+    counts = emulator.request_counts("sqs")
+    # The triggers share one poll loop: far fewer receives than waits times polls.
+    assert counts["ReceiveMessage"] < 6 * count, counts
+    logs = all_logs(stack)
+    assert "Callback for" in logs
+    for arn in arns.values():
+        token = emulator.step(arn, "Score")["Metadata"]["Callback"]["CallbackToken"]
+        assert token not in logs

@@ -1,0 +1,218 @@
+"""SageMakerCallbackSensor in real ``airflow dags test`` runs against the emulator."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_sm_callback.testing import CallbackEmulator
+from tests.fixtures import callback_definition, unique
+from tests.system.airflow_run import DagRunResult, airflow_env, dags_test
+
+pytestmark = pytest.mark.system
+
+MESSAGES = Path(__file__).parents[1] / "data" / "messages"
+
+
+@pytest.fixture
+def env(emulator: CallbackEmulator, airflow_db: str) -> dict[str, str]:
+    emulator.reset()
+    return airflow_env(emulator)
+
+
+def pipeline(emulator: CallbackEmulator, queue_url: str, **kwargs: Any) -> str:
+    name = unique("pipe")
+    emulator.create_pipeline(name, callback_definition(queue_url, outputs={"echo": "String"}, **kwargs))
+    return name
+
+
+def assert_closed(emulator: CallbackEmulator, arn: str, echo: str, step: str = "Score") -> None:
+    assert emulator.wait_for_execution(arn, timeout=10) == "Succeeded"
+    outputs = emulator.step(arn, step)["Metadata"]["Callback"]["OutputParameters"]
+    assert outputs == [{"Name": "echo", "Value": echo}]
+
+
+def assert_no_token_in(result: DagRunResult, emulator: CallbackEmulator, *arns: str) -> None:
+    for arn in arns:
+        for step in emulator.list_steps(arn):
+            token = step.get("Metadata", {}).get("Callback", {}).get("CallbackToken")
+            if token:
+                assert token not in result.output, f"token of {step['StepName']} in the task logs"
+
+
+@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+def test_each_mode_hands_the_callback_on(
+    mode: str, emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
+) -> None:
+    # The callback step starts after a slow first step, so the sensor waits before the
+    # message arrives (the deferral itself: test_message_arriving_while_deferred).
+    emulator.configure(step_delay_seconds=12)
+    name = pipeline(emulator, callback_queue, first_step="Prepare")
+    arn = emulator.start_execution(name)
+    result = dags_test(f"sensor_{mode}", {"queue_url": callback_queue, "execution_arn": arn}, env)
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.task_state("wait") == "success"
+    assert result.task_state("close") == "success"
+    callback = result.xcom["wait"]
+    assert callback["pipeline_execution_arn"] == arn
+    assert callback["step_name"] == "Score"
+    assert callback["arguments"] == {"step_name": "score"}
+    assert callback["status"] == "Executing"
+    assert callback["queue_url"] == callback_queue
+    assert set(callback) >= {"token", "pipeline_name", "message_id", "execution_id"}
+    assert_closed(emulator, arn, "score")
+    assert emulator.queue_messages(callback_queue) == []
+    assert_no_token_in(result, emulator, arn)
+
+
+def test_concurrent_waits_wrong_order_with_garbage(
+    emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
+) -> None:
+    sqs = emulator.client("sqs")
+    garbage = ("broken-not-json.txt", "foreign-s3-event.json", "broken-bad-token.json")
+    for name in garbage:
+        sqs.send_message(QueueUrl=callback_queue, MessageBody=(MESSAGES / name).read_text())
+    name = pipeline(emulator, callback_queue)
+    arns = [emulator.start_execution(name) for _ in range(3)]
+    # The waits run first-to-last; their messages arrived last-to-first.
+    result = dags_test("sensor_many", {"queue_url": callback_queue, "execution_arns": arns[::-1]}, env)
+    assert result.returncode == 0, result.output[-4000:]
+    for i, arn in enumerate(arns[::-1]):
+        assert result.xcom[f"wait_{i}"]["pipeline_execution_arn"] == arn
+        assert_closed(emulator, arn, "score")
+    left = sorted(m["Body"] for m in emulator.queue_messages(callback_queue))
+    assert left == sorted((MESSAGES / n).read_text() for n in garbage)
+    assert result.output.count("not a usable callback") >= 3
+    assert_no_token_in(result, emulator, *arns)
+
+
+@pytest.mark.parametrize("by", ["step_name", "arguments"])
+def test_two_callback_steps_told_apart(
+    by: str, emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
+) -> None:
+    definition = callback_definition(callback_queue, outputs={"echo": "String"})
+    second = json.loads(json.dumps(definition["Steps"][0]))
+    second.update(Name="Approve", Arguments={"step_name": "approve"})
+    definition["Steps"].append(second)  # both start at once
+    name = unique("two")
+    emulator.create_pipeline(name, definition)
+    arn = emulator.start_execution(name)
+    conf: dict[str, Any] = {"queue_url": callback_queue, "execution_arn": arn}
+    conf.update({"step_name": "Approve"} if by == "step_name" else {"arguments": {"step_name": "approve"}})
+    result = dags_test("sensor_poke", conf, env)
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.xcom["wait"]["step_name"] == "Approve"
+    assert emulator.step(arn, "Approve")["StepStatus"] == "Succeeded"
+    assert emulator.step(arn, "Score")["StepStatus"] == "Executing"
+    # The other step's message is still there for its own waiter.
+    (left,) = emulator.queue_messages(callback_queue)
+    assert json.loads(left["Body"])["arguments"] == {"step_name": "score"}
+
+
+def test_timeout_after_the_step_started_closes_it_as_failed(
+    emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
+) -> None:
+    name = pipeline(emulator, callback_queue)
+    arn = emulator.start_execution(name)
+    emulator.purge_queue(callback_queue)  # the message is lost: nobody will ever see it
+    result = dags_test("sensor_timeout", {"queue_url": callback_queue, "execution_arn": arn}, env)
+    assert result.task_state("wait") == "failed"
+    assert "timed out" in result.output
+    assert emulator.wait_for_execution(arn, timeout=10) == "Failed"
+    reason = emulator.step(arn, "Score")["FailureReason"]
+    assert reason.startswith("The Airflow wait for this callback timed out after 6s")
+    assert "sensor_timeout.wait" in reason
+
+
+@pytest.mark.parametrize("dag_id", ["sensor_timeout", "sensor_timeout_deferrable"])
+def test_timeout_before_the_step_started_stops_the_execution(
+    dag_id: str, emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
+) -> None:
+    emulator.configure(step_delay_seconds=600)
+    name = pipeline(emulator, callback_queue, first_step="Prepare")
+    arn = emulator.start_execution(name)
+    result = dags_test(dag_id, {"queue_url": callback_queue, "execution_arn": arn}, env)
+    assert result.task_state("wait") == "failed"
+    assert emulator.wait_for_execution(arn, timeout=10) == "Stopped"
+    assert [s["StepName"] for s in emulator.list_steps(arn)] == ["Prepare"]
+    assert emulator.queue_messages(callback_queue) == []
+
+
+def test_retried_run_recovers_its_token_without_the_message(
+    emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
+) -> None:
+    name = pipeline(emulator, callback_queue)
+    arn = emulator.start_execution(name)
+    result = dags_test("sensor_retry", {"queue_url": callback_queue, "execution_arn": arn}, env)
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.tasks["wait"] == ("success", 2)
+    assert "Recovered the callback of step Score" in result.output
+    assert result.xcom["wait"]["arguments"] == {"step_name": "score"}
+    assert result.xcom["wait"]["message_id"] is None
+    assert_closed(emulator, arn, "score")
+    assert emulator.queue_messages(callback_queue) == []
+
+
+def test_stopping_before_the_work_closes_the_step_and_skips(
+    emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
+) -> None:
+    name = pipeline(emulator, callback_queue)
+    arn = emulator.start_execution(name)
+    emulator.client("sagemaker").stop_pipeline_execution(PipelineExecutionArn=arn)
+    assert len(emulator.queue_messages(callback_queue)) == 2  # Executing, then Stopping
+    result = dags_test("sensor_poke", {"queue_url": callback_queue, "execution_arn": arn}, env)
+    assert result.task_state("wait") == "skipped"
+    assert result.task_state("close") == "skipped"
+    assert emulator.wait_for_execution(arn, timeout=10) == "Stopped"
+    step = emulator.step(arn, "Score")
+    assert step["StepStatus"] == "Failed"
+    assert "stopping" in step["FailureReason"]
+    assert emulator.queue_messages(callback_queue) == []
+
+
+def test_duplicate_delivery_yields_one_result(
+    emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
+) -> None:
+    name = pipeline(emulator, callback_queue)
+    arn = emulator.start_execution(name)
+    (original,) = emulator.queue_messages(callback_queue)
+    emulator.client("sqs").send_message(QueueUrl=callback_queue, MessageBody=original["Body"])
+    result = dags_test("sensor_deferrable", {"queue_url": callback_queue, "execution_arn": arn}, env)
+    assert result.returncode == 0, result.output[-4000:]
+    assert_closed(emulator, arn, "score")
+    assert emulator.request_counts("sagemaker")["SendPipelineExecutionStepSuccess"] == 1
+    assert emulator.queue_messages(callback_queue) == []
+
+
+def test_message_arriving_while_deferred(
+    emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
+) -> None:
+    name = pipeline(emulator, callback_queue)
+    arns: list[str] = []
+
+    def start_once_deferred() -> None:
+        # The sensor pokes once (a receive without waiting) and then defers.
+        deadline = time.monotonic() + 120
+        while emulator.request_counts("sqs")["ReceiveMessage"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)
+        arns.append(emulator.start_execution(name))
+
+    starter = threading.Thread(target=start_once_deferred)
+    starter.start()
+    try:
+        result = dags_test(
+            "sensor_deferrable", {"queue_url": callback_queue, "arguments": {"step_name": "score"}}, env
+        )
+    finally:
+        starter.join()
+    assert result.returncode == 0, result.output[-4000:]
+    assert "running trigger in line" in result.output
+    assert result.xcom["wait"]["pipeline_execution_arn"] == arns[0]
+    assert_closed(emulator, arns[0], "score")
+    assert emulator.queue_messages(callback_queue) == []
