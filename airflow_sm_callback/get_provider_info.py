@@ -27,4 +27,16 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_sm_callback.hooks.callback"],
             }
         ],
+        "sensors": [
+            {
+                "integration-name": "Amazon SageMaker Pipelines callback steps",
+                "python-modules": ["airflow_sm_callback.sensors.callback"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Amazon SageMaker Pipelines callback steps",
+                "python-modules": ["airflow_sm_callback.triggers.callback"],
+            }
+        ],
     }
