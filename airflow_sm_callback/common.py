@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ from airflow_sm_callback.callback import (
     Outcome,
     client_request_token,
 )
-from airflow_sm_callback.hooks.callback import SageMakerCallbackHook, register_token
+from airflow_sm_callback.hooks.callback import SageMakerCallbackHook, check_token, register_token
 
 if TYPE_CHECKING:
     import jinja2
@@ -145,15 +146,86 @@ def request_token_for(context: Context, token: str, outcome: Outcome) -> str:
 
 def callback_from(value: Any) -> CallbackMessage:
     """
-    A callback from what a user passes: the sensor's XCom dict, an asset event's extra (which
-    holds it under ``callback``), or a :class:`CallbackMessage`.
+    A callback from what a user passes: the sensor's XCom dict (or its rendered text), a trigger
+    event payload, an asset event's extra (``{"payload": {"callback": ...}}``), or a
+    :class:`CallbackMessage`.
 
     :raises ValueError: naming what is wrong.
     """
     if isinstance(value, CallbackMessage):
         return value
+    if isinstance(value, str):
+        value = rendered_mapping(value, "callback")
+    if isinstance(value, Mapping) and isinstance(value.get("payload"), Mapping):
+        value = value["payload"]
     if isinstance(value, Mapping) and isinstance(value.get("callback"), Mapping):
         value = value["callback"]
     if not isinstance(value, Mapping):
         raise ValueError(f"expected the callback dict the sensor pushes to XCom, got {type(value).__name__}")
     return CallbackMessage.from_dict(value)
+
+
+def callback_from_asset_events(context: Context) -> CallbackMessage | None:
+    """The callback carried by the asset event that triggered this run (an ``AssetWatcher`` on the trigger)."""
+    events = context.get("triggering_asset_events") or {}
+    for asset in events:
+        for event in events[asset]:
+            extra = getattr(event, "extra", None) or {}
+            try:
+                return callback_from(extra)
+            except ValueError:
+                continue
+    return None
+
+
+@dataclass(frozen=True)
+class StepTarget:
+    """The callback step a task closes: its token, and its execution and step name when known."""
+
+    token: str
+    execution_arn: str | None = None
+    step_name: str | None = None
+
+
+def resolve_target(
+    hook: SageMakerCallbackHook,
+    *,
+    callback: Any = None,
+    token: Any = None,
+    execution_arn: Any = None,
+    step_name: Any = None,
+) -> StepTarget | None:
+    """
+    Which step to close, from (in this order) a callback dict, a token, or an execution ARN and a
+    callback step name (the token looked up with ``ListPipelineExecutionSteps``).
+
+    :return: the target, or ``None`` when the execution's callback step has not started.
+    :raises ValueError: when nothing says which step, naming the parameters.
+    """
+    callback, token = rendered_optional(callback), rendered_optional(token)
+    execution_arn, step_name = rendered_optional(execution_arn), rendered_optional(step_name)
+    if callback is not None:
+        parsed = callback_from(callback)
+        hook.mask(parsed.token)
+        return StepTarget(parsed.token, parsed.pipeline_execution_arn, parsed.step_name or step_name)
+    if token is not None:
+        check_token(token)
+        hook.mask(token)
+        return StepTarget(token, execution_arn, step_name)
+    if execution_arn is not None:
+        step = hook.find_callback_step(execution_arn, step_name)
+        if step is None or not step.token:
+            return None
+        return StepTarget(step.token, execution_arn, step.name)
+    raise ValueError(
+        "say which callback step to close: callback (the sensor's XCom), callback_token, "
+        "or pipeline_execution_arn with callback_step_name"
+    )
+
+
+def will_retry(context: Context) -> bool:
+    """Whether Airflow will retry the running task if it fails now (as Airflow itself decides)."""
+    ti = context["ti"]
+    task = context.get("task") or getattr(ti, "task", None)
+    retries = getattr(task, "retries", 0) or 0
+    return bool(retries) and (ti.try_number or 1) <= (getattr(ti, "max_tries", 0) or 0)

@@ -33,6 +33,20 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_sm_callback.sensors.callback"],
             }
         ],
+        "operators": [
+            {
+                "integration-name": "Amazon SageMaker Pipelines callback steps",
+                "python-modules": ["airflow_sm_callback.operators.callback"],
+            }
+        ],
+        "notifications": ["airflow_sm_callback.notifications.callback.SageMakerCallbackFailureNotifier"],
+        "extra-links": ["airflow_sm_callback.links.callback.SageMakerPipelineExecutionLink"],
+        "task-decorators": [
+            {
+                "name": "sagemaker_callback",
+                "class-name": "airflow_sm_callback.decorators.callback.sagemaker_callback_task",
+            }
+        ],
         "triggers": [
             {
                 "integration-name": "Amazon SageMaker Pipelines callback steps",

@@ -1,0 +1,168 @@
+"""
+``@task.sagemaker_callback``: a task that does the work of a callback step and closes it.
+
+.. code-block:: python
+
+    @task.sagemaker_callback
+    def score(callback: dict) -> dict:
+        rows = run_job(callback["arguments"]["input_uri"])
+        return {"rows_scored": rows}  # the step's output parameters
+
+
+    score(wait.output)  # the sensor's XCom; in an asset-triggered run, call score()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import task_decorator_factory
+from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+
+from airflow_sm_callback.callback import CallbackMessage, Outcome, encode_output_parameters
+from airflow_sm_callback.common import (
+    AWS_TEMPLATE_FIELDS,
+    CallbackAwsMixin,
+    callback_from,
+    callback_from_asset_events,
+    request_token_for,
+    will_retry,
+)
+from airflow_sm_callback.links.callback import SageMakerPipelineExecutionLink
+from airflow_sm_callback.operators.callback import merge_output_parameters
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import TaskDecorator
+    from airflow.sdk import Context
+
+#: Reason sent when a callback arrives with the execution already stopping.
+STOPPED_BEFORE_WORK = (
+    "The pipeline execution is stopping (StopPipelineExecution); Airflow closed this callback step "
+    "without starting its work."
+)
+
+
+class _SageMakerCallbackDecoratedOperator(CallbackAwsMixin, _PythonDecoratedOperator):
+    """
+    Runs the decorated function with the callback, then closes the callback step.
+
+    The function gets the callback dict (its first argument, or a ``callback`` keyword, or, in a
+    run an ``AssetWatcher`` started, the callback of the triggering asset event). Its returned
+    dict becomes the step's output parameters, converted to the types the step declares, and the
+    step is closed as succeeded. If the function raises (or returns outputs the step rejects),
+    the step is closed as failed **only on the task's last attempt**, so a retry can still
+    succeed; then the task fails.
+    """
+
+    template_fields: Sequence[str] = (*_PythonDecoratedOperator.template_fields, *AWS_TEMPLATE_FIELDS)
+    custom_operator_name = "@task.sagemaker_callback"
+    operator_extra_links = (SageMakerPipelineExecutionLink(),)
+    op_args: Sequence[Any]
+    op_kwargs: dict[str, Any]
+
+    def __init__(
+        self,
+        *,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict[str, Any] | None = None,
+        convert_to_declared_types: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._init_aws(aws_conn_id, region_name, verify, botocore_config)
+        self.convert_to_declared_types = convert_to_declared_types
+
+    def _callback(self, context: Context) -> CallbackMessage:
+        if "callback" in self.op_kwargs:
+            return callback_from(self.op_kwargs["callback"])
+        if self.op_args:
+            return callback_from(self.op_args[0])
+        found = callback_from_asset_events(context)
+        if found is None:
+            raise AirflowException(
+                "@task.sagemaker_callback needs the callback: pass the sensor's output "
+                "(score(wait.output)) or run it in a DAG an AssetWatcher on the callback trigger starts"
+            )
+        self.op_kwargs = {**self.op_kwargs, "callback": found.to_dict()}
+        return found
+
+    def execute(self, context: Context) -> Any:
+        callback = self._callback(context)
+        hook = self.hook
+        hook.mask(callback.token)
+        arn = callback.pipeline_execution_arn
+        step = hook.find_callback_step(arn, token=callback.token)
+        step_name = callback.step_name or (step.name if step else None)
+        if step is not None and step.is_closed:
+            raise AirflowSkipException(f"callback step {step.name} of {arn} is already {step.status}")
+        if callback.is_stopping or (step is not None and step.status == "Stopping"):
+            self._close_failed(context, callback, STOPPED_BEFORE_WORK)
+            raise AirflowSkipException(f"{arn} is stopping: the step was closed and the work not started")
+        try:
+            result = super().execute(context)
+            outputs = merge_output_parameters(result)
+            declared = hook.get_output_types(arn, step_name) if self.convert_to_declared_types else None
+            encoded = encode_output_parameters(outputs, declared)
+            hook.send_step_success(
+                callback.token,
+                encoded,
+                client_request_token=request_token_for(context, callback.token, Outcome.SUCCESS),
+                execution_arn=arn,
+            )
+        except AirflowSkipException:
+            raise
+        except Exception as err:
+            if will_retry(context):
+                self.log.warning("The work failed and will be retried; the callback step stays open: %s", err)
+            else:
+                self._close_failed(
+                    context, callback, f"Airflow task {self.dag_id}.{self.task_id} failed: {err}"
+                )
+            raise
+        SageMakerPipelineExecutionLink.persist(
+            context=context,
+            operator=self,
+            region_name=arn.split(":")[3],
+            aws_partition=arn.split(":")[1],
+            pipeline_name=callback.pipeline_name,
+            execution_id=callback.execution_id,
+        )
+        self.log.info("Closed callback step %s of %s as succeeded", step_name or "", arn)
+        return result
+
+    def _close_failed(self, context: Context, callback: CallbackMessage, reason: str) -> None:
+        self.hook.send_step_failure(
+            callback.token,
+            reason,
+            client_request_token=request_token_for(context, callback.token, Outcome.FAILURE),
+            execution_arn=callback.pipeline_execution_arn,
+        )
+        self.log.warning("Closed callback step of %s as failed: %s", callback.pipeline_execution_arn, reason)
+
+
+def sagemaker_callback_task(
+    python_callable: Callable[..., Any] | None = None,
+    multiple_outputs: bool | None = None,
+    **kwargs: Any,
+) -> TaskDecorator:
+    """
+    Wrap a function that does a callback step's work: ``@task.sagemaker_callback``.
+
+    The function receives the callback dict; its returned dict becomes the step's output
+    parameters and closes the step as succeeded; an exception closes it as failed on the last
+    attempt only. Accepts the operator's ``aws_conn_id``, ``region_name``, ``verify``,
+    ``botocore_config`` and ``convert_to_declared_types``.
+
+    :param python_callable: the function to decorate.
+    :param multiple_outputs: unroll the returned dict into one XCom per key.
+    """
+    return task_decorator_factory(
+        python_callable=python_callable,
+        multiple_outputs=multiple_outputs,
+        decorated_operator_class=_SageMakerCallbackDecoratedOperator,
+        **kwargs,
+    )
