@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +28,7 @@ from airflow_sm_callback.common import (
     AWS_TEMPLATE_FIELDS,
     CallbackAwsMixin,
     callback_from,
-    callback_from_asset_events,
+    callbacks_in_asset_events,
     request_token_for,
     will_retry,
 )
@@ -77,18 +79,20 @@ class _SageMakerCallbackDecoratedOperator(CallbackAwsMixin, _PythonDecoratedOper
         self.convert_to_declared_types = convert_to_declared_types
 
     def _callback(self, context: Context) -> CallbackMessage:
-        if "callback" in self.op_kwargs:
+        if self.op_kwargs.get("callback") is not None:
             return callback_from(self.op_kwargs["callback"])
         if self.op_args:
             return callback_from(self.op_args[0])
-        found = callback_from_asset_events(context)
-        if found is None:
+        found = callbacks_in_asset_events(context.get("triggering_asset_events"))
+        if len(found) != 1:
             raise AirflowException(
                 "@task.sagemaker_callback needs the callback: pass the sensor's output "
-                "(score(wait.output)) or run it in a DAG an AssetWatcher on the callback trigger starts"
+                "(score(wait.output)), or in a run an AssetWatcher started, map over the run's "
+                f"callbacks (it carries {len(found)}): "
+                "task.expand(callback=...) with callbacks_in_asset_events(triggering_asset_events)"
             )
-        self.op_kwargs = {**self.op_kwargs, "callback": found.to_dict()}
-        return found
+        self.op_kwargs = {**self.op_kwargs, "callback": found[0]}
+        return callback_from(found[0])
 
     def execute(self, context: Context) -> Any:
         callback = self._callback(context)
@@ -144,25 +148,59 @@ class _SageMakerCallbackDecoratedOperator(CallbackAwsMixin, _PythonDecoratedOper
         self.log.warning("Closed callback step of %s as failed: %s", callback.pipeline_execution_arn, reason)
 
 
+def _callback_optional(python_callable: Callable[..., Any]) -> Callable[..., Any]:
+    """
+    Give the function's ``callback`` parameter a default of ``None``, so ``task()`` can be called
+    without it in a run an ``AssetWatcher`` started (the callback then comes from the asset event).
+    """
+    signature = inspect.signature(python_callable)
+    parameter = signature.parameters.get("callback")
+    if parameter is None or parameter.default is not inspect.Parameter.empty:
+        return python_callable
+    try:
+        relaxed = signature.replace(
+            parameters=[
+                p.replace(default=None) if p.name == "callback" else p for p in signature.parameters.values()
+            ]
+        )
+    except ValueError:  # a parameter without a default follows it: leave the function as it is
+        return python_callable
+
+    @functools.wraps(python_callable)
+    def with_optional_callback(*args: Any, **kwargs: Any) -> Any:
+        return python_callable(*args, **kwargs)
+
+    with_optional_callback.__signature__ = relaxed  # type: ignore[attr-defined]
+    return with_optional_callback
+
+
 def sagemaker_callback_task(
     python_callable: Callable[..., Any] | None = None,
     multiple_outputs: bool | None = None,
     **kwargs: Any,
-) -> TaskDecorator:
+) -> Any:
     """
     Wrap a function that does a callback step's work: ``@task.sagemaker_callback``.
 
-    The function receives the callback dict; its returned dict becomes the step's output
-    parameters and closes the step as succeeded; an exception closes it as failed on the last
-    attempt only. Accepts the operator's ``aws_conn_id``, ``region_name``, ``verify``,
-    ``botocore_config`` and ``convert_to_declared_types``.
+    The function receives the callback dict (as its first argument, or its ``callback``
+    parameter, filled from the triggering asset event when the run was started by an
+    ``AssetWatcher``); its returned dict becomes the step's output parameters and closes the step
+    as succeeded; an exception closes it as failed on the last attempt only. Accepts the
+    operator's ``aws_conn_id``, ``region_name``, ``verify``, ``botocore_config`` and
+    ``convert_to_declared_types``.
 
     :param python_callable: the function to decorate.
     :param multiple_outputs: unroll the returned dict into one XCom per key.
     """
-    return task_decorator_factory(
-        python_callable=python_callable,
-        multiple_outputs=multiple_outputs,
-        decorated_operator_class=_SageMakerCallbackDecoratedOperator,
-        **kwargs,
-    )
+
+    def build(function: Callable[..., Any]) -> TaskDecorator:
+        return task_decorator_factory(
+            python_callable=_callback_optional(function),
+            multiple_outputs=multiple_outputs,
+            decorated_operator_class=_SageMakerCallbackDecoratedOperator,
+            **kwargs,
+        )
+
+    if python_callable is None:
+        return build
+    return build(python_callable)

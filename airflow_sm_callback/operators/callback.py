@@ -274,15 +274,16 @@ class SageMakerCallbackFailureOperator(_CallbackStepOperator):
         self.stop_execution_if_not_started = stop_execution_if_not_started
 
     def default_reason(self, context: Context) -> str:
-        """``Airflow tasks failed: a, b (DAG d, run r)``, from the states of this run's tasks."""
+        """``Airflow tasks failed: a, b (DAG d, run r)``: the upstream tasks (at any depth) that failed."""
         ti = context["ti"]
         failed: list[str] = []
         try:
-            states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id])
+            upstream = set(self.get_flat_relative_ids(upstream=True))
+            states = ti.get_task_states(dag_id=ti.dag_id, task_ids=sorted(upstream), run_ids=[ti.run_id])
             failed = sorted(
                 task
                 for task, state in (states.get(ti.run_id) or {}).items()
-                if state == "failed" and task != ti.task_id
+                if state == "failed" and task in upstream
             )
         except Exception as err:
             self.log.info("Could not read the states of this run's tasks: %s", err)

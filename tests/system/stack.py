@@ -218,5 +218,6 @@ class AirflowStack:
             time.sleep(2)
 
     def logs(self) -> str:
-        """Everything the components printed."""
-        return "\n".join(p.read_text(errors="replace") for p in self.home.glob("*.out"))
+        """Everything the components printed, and every task's log."""
+        files = [*self.home.glob("*.out"), *(p for p in (self.home / "logs").rglob("*") if p.is_file())]
+        return "\n".join(p.read_text(errors="replace") for p in files)

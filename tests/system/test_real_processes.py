@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.fixtures import callback_definition, unique
-from tests.system.stack import ROOT, AirflowStack
+from tests.system.stack import AirflowStack
 
 pytestmark = pytest.mark.system
-
-
-@pytest.fixture(scope="module")
-def stack(sagemaker_callback_emulator: CallbackEmulator) -> Iterator[AirflowStack]:
-    with AirflowStack(
-        dags_folder=ROOT / "tests" / "dags",
-        extra_env=sagemaker_callback_emulator.airflow_connection(),
-        settings={"core__max_active_runs_per_dag": "64", "core__parallelism": "32"},
-    ) as running:
-        running.wait_for_dag("sensor_deferrable")
-        yield running
-
-
-def all_logs(stack: AirflowStack) -> str:
-    task_logs = "\n".join(
-        p.read_text(errors="replace") for p in (stack.home / "logs").rglob("*") if p.is_file()
-    )
-    return stack.logs() + task_logs
 
 
 def test_concurrent_runs_each_get_their_own_callback(
     emulator: CallbackEmulator, callback_queue: str, stack: AirflowStack
 ) -> None:
     emulator.reset()
+    stack.wait_for_dag("sensor_deferrable")
     count = 12
     runs = {f"{unique('run')}-{i}": i for i in range(count)}
     for run_id, i in runs.items():
@@ -66,7 +48,7 @@ def test_concurrent_runs_each_get_their_own_callback(
     counts = emulator.request_counts("sqs")
     # The triggers share one poll loop: far fewer receives than waits times polls.
     assert counts["ReceiveMessage"] < 6 * count, counts
-    logs = all_logs(stack)
+    logs = stack.logs()
     assert "Callback for" in logs
     for arn in arns.values():
         token = emulator.step(arn, "Score")["Metadata"]["Callback"]["CallbackToken"]
