@@ -715,9 +715,14 @@ def encode_output_parameters(
     """
     if parameters is None:
         return []
+    pairs = list(_iter_pairs(parameters))
+    if len(pairs) > MAX_OUTPUT_PARAMETERS:
+        raise InvalidOutputParameters(
+            f"{len(pairs)} output parameters given; a callback step accepts at most {MAX_OUTPUT_PARAMETERS}"
+        )
     encoded: list[dict[str, str]] = []
     seen: set[str] = set()
-    for name, value in _iter_pairs(parameters):
+    for name, value in pairs:
         if not isinstance(name, str):
             raise InvalidOutputParameters(
                 f"output parameter name {_short(repr(name), 40)} is a {type(name).__name__}, not a string"
@@ -749,10 +754,6 @@ def encode_output_parameters(
                 parameter=name,
             )
         encoded.append({"Name": name, "Value": text})
-    if len(encoded) > MAX_OUTPUT_PARAMETERS:
-        raise InvalidOutputParameters(
-            f"{len(encoded)} output parameters given; a callback step accepts at most {MAX_OUTPUT_PARAMETERS}"
-        )
     return encoded
 
 
