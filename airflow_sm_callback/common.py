@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,8 +20,19 @@ if TYPE_CHECKING:
     import jinja2
     from airflow.sdk import Context
 
+#: Reason sent when a callback arrives with its execution already stopping.
+STOPPED_BEFORE_WORK = (
+    "The pipeline execution is stopping (StopPipelineExecution); Airflow closed this callback step "
+    "without starting its work."
+)
+
 #: Template fields every class here has, as in the amazon provider.
 AWS_TEMPLATE_FIELDS: tuple[str, ...] = ("aws_conn_id", "region_name", "verify")
+
+
+_TOKEN_IN_TEXT = re.compile(
+    r"""["']?(?:callback_?)?token["']?\s*[:=]\s*["']([a-zA-Z0-9]{10})["']""", re.IGNORECASE
+)
 
 
 def mask_tokens_in(value: Any, *, _depth: int = 0) -> None:
@@ -28,11 +40,15 @@ def mask_tokens_in(value: Any, *, _depth: int = 0) -> None:
     Register every callback token found in ``value`` with the secrets masker.
 
     Finds tokens as the ``token`` of callback dicts (the sensor's XCom), in keys named like a
-    token, and in lists and dicts of those, so rendered template fields never show them.
+    token, in lists and dicts of those, and in text that renders such a dict (a Jinja template
+    of the XCom renders to its text), so rendered template fields never show them.
     """
     if _depth > 8:
         return
-    if isinstance(value, Mapping):
+    if isinstance(value, str):
+        for token in _TOKEN_IN_TEXT.findall(value):
+            register_token(token)
+    elif isinstance(value, Mapping):
         for key, item in value.items():
             if (
                 isinstance(key, str)

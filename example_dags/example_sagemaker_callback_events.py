@@ -14,9 +14,9 @@ sweep every ten minutes catches a callback whose next run would otherwise never 
 ``max_active_runs=1`` keeps two runs from handling the same callback.
 
 An asset watcher is built when the DAG file is parsed, before any run exists, so its queue,
-pipeline and connection cannot be DAG params: they come from the environment of the DAG
-processor and the triggerer (``SAGEMAKER_CALLBACK_QUEUE_URL``, ``SAGEMAKER_CALLBACK_PIPELINE``,
-``SAGEMAKER_CALLBACK_AWS_CONN_ID``). The pipeline is ``pipelines/events-callback.json``.
+pipeline and connection cannot be DAG params: they come from the environment of every process
+that parses this file (DAG processor, triggerer and workers): ``SAGEMAKER_CALLBACK_QUEUE_URL``,
+``SAGEMAKER_CALLBACK_PIPELINE``, ``SAGEMAKER_CALLBACK_AWS_CONN_ID``. The pipeline is ``pipelines/events-callback.json``.
 """
 
 from __future__ import annotations

@@ -68,7 +68,11 @@ def create(
             PipelineName=pipeline_name, PipelineDefinition=body, RoleArn=role_arn
         )["PipelineArn"]
     except ClientError as err:
-        if "already exists" not in str(err):
+        error = err.response.get("Error", {})
+        exists = error.get("Code") in {"ResourceInUse", "ConflictException"} or "already exists" in error.get(
+            "Message", ""
+        )
+        if not exists:
             raise
         pipeline_arn = sagemaker.update_pipeline(
             PipelineName=pipeline_name, PipelineDefinition=body, RoleArn=role_arn
@@ -103,13 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline-name", required=True)
     parser.add_argument("--definition", type=Path, required=True, help="pipeline definition JSON file")
     parser.add_argument("--queue-name", required=True)
-    parser.add_argument("--role-arn", default=DEFAULT_ROLE, help="the pipeline's execution role")
+    parser.add_argument(
+        "--role-arn", default=DEFAULT_ROLE, help="the pipeline's execution role (required for a real account)"
+    )
     parser.add_argument("--region")
     parser.add_argument("--endpoint-url", help="the emulator's endpoint; omit for a real account")
     parser.add_argument("--profile")
     parser.add_argument("--sample-data", help="s3://bucket/key to upload the example CSV to")
     parser.add_argument("--max-receive-count", type=int, default=1000)
     args = parser.parse_args(argv)
+    if args.endpoint_url is None and args.role_arn == DEFAULT_ROLE:
+        parser.error("--role-arn is required for a real account: the pipeline's execution role")
     created = create(
         pipeline_name=args.pipeline_name,
         definition=args.definition,

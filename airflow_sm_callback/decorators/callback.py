@@ -26,6 +26,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from airflow_sm_callback.callback import CallbackMessage, Outcome, encode_output_parameters
 from airflow_sm_callback.common import (
     AWS_TEMPLATE_FIELDS,
+    STOPPED_BEFORE_WORK,
     CallbackAwsMixin,
     callback_from,
     callbacks_in_asset_events,
@@ -38,12 +39,6 @@ from airflow_sm_callback.operators.callback import merge_output_parameters
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import TaskDecorator
     from airflow.sdk import Context
-
-#: Reason sent when a callback arrives with the execution already stopping.
-STOPPED_BEFORE_WORK = (
-    "The pipeline execution is stopping (StopPipelineExecution); Airflow closed this callback step "
-    "without starting its work."
-)
 
 
 class _SageMakerCallbackDecoratedOperator(CallbackAwsMixin, _PythonDecoratedOperator):
@@ -101,8 +96,14 @@ class _SageMakerCallbackDecoratedOperator(CallbackAwsMixin, _PythonDecoratedOper
         arn = callback.pipeline_execution_arn
         step = hook.find_callback_step(arn, token=callback.token)
         step_name = callback.step_name or (step.name if step else None)
+        if step is not None and step.status == "Succeeded":
+            # An earlier attempt did the work and closed the step: nothing left to do.
+            self.log.info("Callback step %s of %s is already Succeeded: nothing to do", step.name, arn)
+            return None
         if step is not None and step.is_closed:
-            raise AirflowSkipException(f"callback step {step.name} of {arn} is already {step.status}")
+            raise AirflowSkipException(
+                f"callback step {step.name} of {arn} is already {step.status}: the work is not started"
+            )
         if callback.is_stopping or (step is not None and step.status == "Stopping"):
             self._close_failed(context, callback, STOPPED_BEFORE_WORK)
             raise AirflowSkipException(f"{arn} is stopping: the step was closed and the work not started")

@@ -772,7 +772,7 @@ class SageMakerCallbackHook(AwsBaseHook):
         matcher: CallbackMatcher,
         *,
         wait_time_seconds: int = 20,
-        handoff_visibility: int = 300,
+        handoff_visibility: int = 900,
         max_receives: int = 10,
         max_lookups: int = 2,
     ) -> Claim | None:
@@ -801,7 +801,7 @@ class SageMakerCallbackHook(AwsBaseHook):
         matcher: CallbackMatcher,
         *,
         wait_time_seconds: int = 20,
-        handoff_visibility: int = 300,
+        handoff_visibility: int = 900,
         max_receives: int = 10,
         max_lookups: int = 2,
     ) -> Claim | None:

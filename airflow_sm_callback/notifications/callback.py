@@ -10,6 +10,7 @@ from airflow.sdk import BaseNotifier
 
 from airflow_sm_callback.callback import Outcome
 from airflow_sm_callback.common import (
+    rendered_optional,
     request_token_for,
     resolve_target,
     will_retry,
@@ -46,7 +47,7 @@ class SageMakerCallbackFailureNotifier(BaseNotifier):
         (templated)
     :param aws_conn_id: The Airflow connection used for AWS credentials. (templated)
     :param region_name: AWS region; defaults to the connection's. (templated)
-    :param verify: Whether to verify SSL certificates.
+    :param verify: Whether to verify SSL certificates. (templated)
     :param botocore_config: botocore ``Config`` kwargs.
     """
 
@@ -58,6 +59,7 @@ class SageMakerCallbackFailureNotifier(BaseNotifier):
         "reason",
         "aws_conn_id",
         "region_name",
+        "verify",
     )
 
     def __init__(
@@ -120,7 +122,7 @@ class SageMakerCallbackFailureNotifier(BaseNotifier):
                 return
         exception = context.get("exception")
         reason = (
-            self.reason
+            rendered_optional(self.reason)
             or f"Airflow task {ti.dag_id}.{ti.task_id} failed: {exception or 'no exception given'}"
         )
         self.hook.send_step_failure(

@@ -24,6 +24,7 @@ from airflow_sm_callback.callback import (
 )
 from airflow_sm_callback.common import (
     AWS_TEMPLATE_FIELDS,
+    STOPPED_BEFORE_WORK,
     CallbackAwsMixin,
     rendered_mapping,
     rendered_optional,
@@ -34,12 +35,6 @@ from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-#: Reason sent when the stop reached the callback before the Airflow work started.
-STOPPED_BEFORE_WORK = (
-    "The pipeline execution is stopping (StopPipelineExecution); "
-    "Airflow closed this callback step without starting its work."
-)
 
 
 class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):

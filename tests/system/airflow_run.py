@@ -37,6 +37,8 @@ class DagRunResult:
     state: str | None = None
     tasks: dict[str, tuple[str | None, int]] = field(default_factory=dict)
     xcom: dict[str, Any] = field(default_factory=dict)
+    #: Rendered template fields as Airflow stored them (what its UI shows), by task id.
+    rendered: dict[str, Any] = field(default_factory=dict)
 
     def task_state(self, task_id: str) -> str | None:
         return self.tasks.get(task_id, (None, 0))[0]
@@ -72,7 +74,14 @@ def read_run(
                 (dag_id, run_id),
             )
         }
-    return tasks, xcom
+        rendered = {
+            task_id: json.loads(value) if isinstance(value, str | bytes) else value
+            for task_id, value in conn.execute(
+                "select task_id, rendered_fields from rendered_task_instance_fields where dag_id = ? and run_id = ?",
+                (dag_id, run_id),
+            )
+        }
+    return tasks, xcom, rendered
 
 
 def dags_test(dag_id: str, conf: dict[str, Any], env: dict[str, str], timeout: float = 300) -> DagRunResult:
@@ -88,5 +97,5 @@ def dags_test(dag_id: str, conf: dict[str, Any], env: dict[str, str], timeout: f
     run_id, state = latest_run(dag_id, env["AIRFLOW_HOME"])
     result = DagRunResult(proc.returncode, proc.stdout + proc.stderr, state)
     if run_id:
-        result.tasks, result.xcom = read_run(dag_id, run_id, env["AIRFLOW_HOME"])
+        result.tasks, result.xcom, result.rendered = read_run(dag_id, run_id, env["AIRFLOW_HOME"])
     return result

@@ -67,10 +67,14 @@ def outputs(emulator: CallbackEmulator, arn: str, step: str) -> list[dict[str, s
 
 
 def assert_no_tokens(result: DagRunResult, emulator: CallbackEmulator, arn: str) -> None:
+    """No token in the run's logs nor in the rendered template fields Airflow stored (and shows)."""
+    assert result.rendered, "no rendered template fields were stored"
+    rendered = json.dumps(result.rendered)
     for step in emulator.list_steps(arn):
         token = step.get("Metadata", {}).get("Callback", {}).get("CallbackToken")
         if token:
             assert token not in result.output
+            assert token not in rendered
 
 
 @pytest.mark.parametrize("dag_id", ["example_sagemaker_callback", "example_sagemaker_callback_decorator"])
@@ -185,6 +189,7 @@ def test_failures_close_the_step_as_failed(emulator: CallbackEmulator, ops: dict
     assert emulator.queue_messages(ops["queue_url"]) == []
 
 
+@pytest.mark.xdist_group("stack")
 def test_example_events_each_callback_handled_once(
     emulator: CallbackEmulator, events_queue: str, stack: AirflowStack
 ) -> None:

@@ -10,7 +10,7 @@ from airflow_sm_callback.testing import CallbackEmulator
 from tests.fixtures import callback_definition, unique
 from tests.system.stack import AirflowStack
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("stack")]
 
 
 def test_concurrent_runs_each_get_their_own_callback(

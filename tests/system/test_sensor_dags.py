@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -194,13 +195,24 @@ def test_message_arriving_while_deferred(
 ) -> None:
     name = pipeline(emulator, callback_queue)
     arns: list[str] = []
+    database = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+
+    def deferred_waits() -> int:
+        with sqlite3.connect(database, timeout=30) as conn:
+            row = conn.execute(
+                "select count(*) from task_instance where dag_id = 'sensor_deferrable' "
+                "and task_id = 'wait' and next_method = 'execute_complete'"
+            ).fetchone()
+        return int(row[0])
+
+    before = deferred_waits()
 
     def start_once_deferred() -> None:
-        # The sensor pokes once (a receive without waiting) and then defers.
-        deadline = time.monotonic() + 120
-        while emulator.request_counts("sqs")["ReceiveMessage"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(3)
+        # Start the execution only once the sensor has poked and deferred (its task instance
+        # then has a next method), so the callback reaches the trigger, not the first poke.
+        deadline = time.monotonic() + 180
+        while deferred_waits() == before and time.monotonic() < deadline:
+            time.sleep(0.5)
         arns.append(emulator.start_execution(name))
 
     starter = threading.Thread(target=start_once_deferred)

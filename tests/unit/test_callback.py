@@ -525,3 +525,20 @@ def test_callback_steps_in_sdk_definition() -> None:
     }
     with pytest.raises(ValueError, match="not JSON"):
         callback_steps_in_definition("{nope")
+
+
+def test_tokens_in_rendered_fields_are_found() -> None:
+    from airflow.sdk._shared.secrets_masker.secrets_masker import redact
+
+    from airflow_sm_callback.common import mask_tokens_in
+
+    mask_tokens_in(
+        {
+            "callback": "{'token': 'Rr3dE6gH9k', 'pipeline_execution_arn': 'arn'}",
+            "native": {"token": "Ss3dE6gH9k"},
+            "listed": [{"callback_token": "Tt3dE6gH9k"}],
+            "other": "token 'Uu3dE6gH9k' said nothing",
+        }
+    )
+    assert redact("Rr3dE6gH9k Ss3dE6gH9k Tt3dE6gH9k") == "*** *** ***"
+    assert redact("Uu3dE6gH9k") == "Uu3dE6gH9k"
