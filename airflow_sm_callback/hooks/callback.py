@@ -55,6 +55,8 @@ DEFAULT_RETRY_MODE: Final = "standard"
 DEFAULT_MAX_ATTEMPTS: Final = 6
 #: Error codes that mean "the step may already be closed": look it up before failing.
 CLOSE_CONFLICT_CODES: Final = frozenset({"ConflictException", "ResourceNotFound"})
+#: Close requests made while such an answer comes back for a step that is still open.
+CLOSE_ATTEMPTS: Final = 4
 
 
 class CallbackStepError(RuntimeError):
@@ -81,7 +83,14 @@ class _Mask:
     token: str
 
 
-_Op = Generator[_Call | _Mask, Any, T]
+@dataclass(frozen=True, slots=True)
+class _Sleep:
+    """Wait before the next request (``time.sleep`` in the sync driver, ``asyncio.sleep`` in the async one)."""
+
+    seconds: float
+
+
+_Op = Generator[_Call | _Mask | _Sleep, Any, T]
 
 
 @dataclass(slots=True)
@@ -311,6 +320,10 @@ class SageMakerCallbackHook(AwsBaseHook):
                     register_token(call.token)
                     call = op.send(None)
                     continue
+                if isinstance(call, _Sleep):
+                    time.sleep(call.seconds)
+                    call = op.send(None)
+                    continue
                 try:
                     response = getattr(self._sync_client(call.service), call.method)(**call.kwargs)
                 except ClientError as err:
@@ -326,6 +339,10 @@ class SageMakerCallbackHook(AwsBaseHook):
             while True:
                 if isinstance(call, _Mask):
                     await register_token_async(call.token)
+                    call = op.send(None)
+                    continue
+                if isinstance(call, _Sleep):
+                    await asyncio.sleep(call.seconds)
                     call = op.send(None)
                     continue
                 client = await self._async_client(call.service)
@@ -462,37 +479,52 @@ class SageMakerCallbackHook(AwsBaseHook):
             if outcome is Outcome.SUCCESS
             else "send_pipeline_execution_step_failure"
         )
-        try:
-            response = yield _Call("sagemaker", method, request)
-        except ClientError as err:
-            code = err.response.get("Error", {}).get("Code", "")
-            if code not in CLOSE_CONFLICT_CODES:
-                raise CallbackStepError(
-                    f"closing callback step (token {mask_token(token)}) of "
-                    f"{execution_arn or 'an unknown execution'} as {outcome.value} failed: {code}: "
-                    f"{err.response.get('Error', {}).get('Message', '')}"
-                ) from err
-            if execution_arn is None:
-                raise CallbackStepError(
-                    f"closing callback step (token {mask_token(token)}) as {outcome.value} failed with {code}, "
-                    "and the execution is not known, so whether it was already closed cannot be checked"
-                ) from err
-            step = yield from self._find_step_op(execution_arn, None, token)
-            wanted = "Succeeded" if outcome is Outcome.SUCCESS else "Failed"
-            if step is not None and step.status == wanted:
-                self.log.info(
-                    "Callback step %s of %s was already closed as %s; nothing to do",
-                    step.name,
+        wanted = "Succeeded" if outcome is Outcome.SUCCESS else "Failed"
+        for attempt in range(CLOSE_ATTEMPTS):
+            try:
+                response = yield _Call("sagemaker", method, request)
+            except ClientError as err:
+                code = err.response.get("Error", {}).get("Code", "")
+                if code not in CLOSE_CONFLICT_CODES:
+                    raise CallbackStepError(
+                        f"closing callback step (token {mask_token(token)}) of "
+                        f"{execution_arn or 'an unknown execution'} as {outcome.value} failed: {code}: "
+                        f"{err.response.get('Error', {}).get('Message', '')}"
+                    ) from err
+                if execution_arn is None:
+                    raise CallbackStepError(
+                        f"closing callback step (token {mask_token(token)}) as {outcome.value} failed with "
+                        f"{code}, and the execution is not known, so whether it was already closed cannot be checked"
+                    ) from err
+                step = yield from self._find_step_op(execution_arn, None, token)
+                if step is not None and step.status == wanted:
+                    self.log.info(
+                        "Callback step %s of %s was already closed as %s; nothing to do",
+                        step.name,
+                        execution_arn,
+                        outcome.value,
+                    )
+                    return execution_arn
+                state = f"its step {step.name!r} is {step.status}" if step else "no step has that token"
+                if (step is not None and step.is_closed) or attempt == CLOSE_ATTEMPTS - 1:
+                    raise CallbackStepError(
+                        f"cannot close callback step (token {mask_token(token)}) of {execution_arn} as "
+                        f"{outcome.value}: SageMaker answered {code} and {state}"
+                    ) from err
+                # The step is still open: the answer may be passing. The same request again is safe
+                # (same ClientRequestToken).
+                delay = 2.0**attempt
+                self.log.warning(
+                    "Closing a callback step of %s got %s while %s; trying again in %.0fs",
                     execution_arn,
-                    outcome.value,
+                    code,
+                    state,
+                    delay,
                 )
-                return execution_arn
-            state = f"its step {step.name!r} is {step.status}" if step else "no step has that token"
-            raise CallbackStepError(
-                f"cannot close callback step (token {mask_token(token)}) of {execution_arn} as "
-                f"{outcome.value}: SageMaker answered {code} and {state}"
-            ) from err
-        return response.get("PipelineExecutionArn") or execution_arn or ""
+                yield _Sleep(delay)
+                continue
+            return response.get("PipelineExecutionArn") or execution_arn or ""
+        raise AssertionError("unreachable")
 
     def _output_types_op(self, execution_arn: str) -> _Op[dict[str, dict[str, OutputType]]]:
         if execution_arn in self._output_types_cache:

@@ -345,3 +345,19 @@ def test_tokens_are_registered_with_the_masker(
     call(hook, "find_callback_step", arn)
     assert redact(f"token={callback.token}") == "token=***"
     assert json.dumps(redact({"token": callback.token})) == '{"token": "***"}'
+
+
+@pytest.mark.parametrize("code", ["ConflictException", "ResourceNotFound"])
+def test_passing_conflict_on_an_open_step_is_retried(
+    emulator: CallbackEmulator, callback_queue: str, hook: SageMakerCallbackHook, call: Call, code: str
+) -> None:
+    arn = start(emulator, callback_queue, outputs={"rows": "Integer"})
+    token = receive_one(call, hook, callback_queue).token
+    emulator.inject_fault("sagemaker", "SendPipelineExecutionStepSuccess", code=code, count=2)
+    assert call(hook, "send_step_success", token, {"rows": 5}, execution_arn=arn) == arn
+    counts = emulator.request_counts("sagemaker")
+    assert counts["SendPipelineExecutionStepSuccess"] == 3
+    assert counts["ListPipelineExecutionSteps"] == 2
+    (step,) = emulator.list_steps(arn)
+    assert step["StepStatus"] == "Succeeded"
+    assert step["Metadata"]["Callback"]["OutputParameters"] == [{"Name": "rows", "Value": "5"}]
