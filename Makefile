@@ -41,6 +41,11 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[bench]"
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# Faults, bad input and load against real Airflow processes (not part of `make test`, which runs
+# a fast subset): writes docs/reliability.md. Starts PostgreSQL from Debian's package.
+reliability: $(STAMP)
+	$(BIN)/python -m tests.reliability $(RELIABILITY_ARGS)
+
 # Regenerate constraints.txt from a fresh, unconstrained install (Airflow's own practice).
 constraints:
 	rm -rf .venv-constraints

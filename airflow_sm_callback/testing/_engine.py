@@ -269,6 +269,8 @@ class StepEngine:
         self._executions: dict[str, _Execution] = {}
         self._tokens: dict[str, tuple[str, str]] = {}
         self._idempotency: dict[tuple[str, str], _IdempotentCall] = {}
+        #: token -> close requests the service accepted, replays of the same request excluded.
+        self._accepted_closes: dict[str, int] = {}
         self._seq = 0
         self._closed = False
 
@@ -641,6 +643,7 @@ class StepEngine:
                 run.close("Succeeded")
                 execution.touch()
                 self._advance(execution)
+            self._accepted_closes[token] = self._accepted_closes.get(token, 0) + 1
             self._remember(account_id, "SendPipelineExecutionStepSuccess", crt, fingerprint, response)
             return dict(response)
 
@@ -683,8 +686,18 @@ class StepEngine:
                 self._fail(execution, f"Step {run.name} failed: {reason}")
                 execution.touch()
                 self._advance(execution)
+            self._accepted_closes[token] = self._accepted_closes.get(token, 0) + 1
             self._remember(account_id, "SendPipelineExecutionStepFailure", crt, fingerprint, response)
             return dict(response)
+
+    def accepted_closes(self) -> dict[str, int]:
+        """
+        How many close requests the service accepted per token (``Send*Step*`` answered with
+        success, not counting a replay of the same request). More than one means a step was
+        closed twice: only possible with ``conflict_on_reclose`` off.
+        """
+        with self._lock:
+            return dict(self._accepted_closes)
 
     def _lookup_token(self, account_id: str, token: str) -> tuple[_Execution, _StepRun]:
         found = self._tokens.get(token)

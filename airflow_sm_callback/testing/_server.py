@@ -10,10 +10,17 @@ Layers, outermost first:
 2. moto's :class:`~moto.moto_server.werkzeug_app.DomainDispatcherApplication`, with one change:
    the SageMaker Flask app dispatches to :class:`CallbackSageMakerResponse`, a subclass of moto's
    response class that answers the pipeline-execution actions from a :class:`StepEngine`.
-   Nothing in moto is patched; other users of moto in the same process are unaffected.
+   Nothing in moto is patched; other users of moto in the same process are unaffected (but
+   for their queues in the emulator's account and region: they too become
+   :class:`FastScanQueue`, which behaves the same).
 3. moto's backends. SQS stays moto's; callback messages are put on queues through moto's SQS
    backend in-process (they are real messages on the queue but never HTTP requests, so they do
-   not show up in the request log).
+   not show up in the request log). Queues created through this server are moto's queues with
+   their message scans made cheap (:class:`FastScanQueue`); they behave the same. moto's state
+   is changed by one request at a time (:data:`MOTO_LOCK`), as moto is not thread-safe.
+
+The server keeps connections alive (HTTP/1.1) for plain requests; werkzeug's development server
+would close each one.
 
 Only :mod:`.emulator` imports this module, lazily, when a server is started.
 """
@@ -21,15 +28,18 @@ Only :mod:`.emulator` imports this module, lazily, when a server is started.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import io
 import json
 import random
 import re
+import socket
 import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, urlsplit
@@ -37,7 +47,7 @@ from xml.sax.saxutils import escape
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult
-from moto.core.utils import convert_to_flask_response
+from moto.core.utils import camelcase_to_underscores, convert_to_flask_response, unix_time_millis
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -45,7 +55,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from moto.sagemaker.exceptions import SagemakerClientError
 from moto.sagemaker.responses import SageMakerResponse
-from moto.sqs.models import sqs_backends
+from moto.sqs.models import Queue, sqs_backends
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from ._engine import EngineError, StepEngine
@@ -56,6 +66,7 @@ __all__ = [
     "CallbackSageMakerResponse",
     "EmulatorApp",
     "EmulatorServer",
+    "FastScanQueue",
     "parse_queue_url",
 ]
 
@@ -110,9 +121,159 @@ def parse_queue_url(queue_url: str, default_region: str) -> tuple[str, str, str]
     return parts[0], region, parts[1]
 
 
+class _SerialLock:
+    """
+    One lock for moto's state, re-entrant per thread, that a waiting long poll gives up.
+
+    moto's SQS is not thread-safe: under concurrent requests it raised ``Set changed size
+    during iteration`` (a 500, with the messages of that receive hidden until their visibility
+    ran out) and gave two receives the same receipt handle. Every request that reaches moto,
+    and every in-process send, runs under this lock, so moto's state changes one request at a
+    time, as the real service's are atomic per request; a long poll gives the lock up while it
+    waits for messages (:meth:`FastScanQueue.wait_for_messages`). moto's work holds the GIL
+    anyway, so little throughput is lost.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        #: Goes up each time a thread takes the lock afresh (a new request, a new send).
+        self.generation = 0
+
+    def __enter__(self) -> None:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            self._lock.acquire()
+            self.generation += 1
+        self._local.depth = depth + 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._local.depth -= 1
+        if self._local.depth == 0:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        """Give the lock up (if this thread holds it) for the duration of the block."""
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = 0
+            self._lock.release()
+        try:
+            yield
+        finally:
+            if depth:
+                self._lock.acquire()
+                self._local.depth = depth
+
+
+#: Serialises moto's state across every emulator in this process (moto's backends are global).
+MOTO_LOCK: Final = _SerialLock()
+
+
+@functools.cache
+def _attribute_name(attribute: str) -> str:
+    return str(camelcase_to_underscores(attribute))
+
+
+class FastScanQueue(Queue):
+    """
+    moto's SQS queue, with the scans of its messages made cheap; it behaves the same.
+
+    moto computes a queue's attributes (three scans of every message, each reading the clock
+    once or twice per message at about 10 microseconds a read, and the attribute names
+    converted anew) three times for every message it receives and once for every message it
+    sends, and lists the visible messages the same way on every receive: with 1,000 messages on
+    a queue one ``ReceiveMessage`` of 10 took a second. Here one scan reads the clock once and
+    compares the numbers ``Message.visible`` and ``Message.delayed`` compare, and
+    :attr:`attributes` counts all three in that one scan. Otherwise :attr:`attributes` is
+    moto's (5.2) property, line for line; a test compares the two. A long poll gives up
+    :data:`MOTO_LOCK` while it waits.
+    """
+
+    @property
+    def messages(self) -> list[Any]:
+        now = unix_time_millis()
+        return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
+
+    def wait_for_messages(self, timeout: int) -> None:
+        # A long poll waiting for messages lets every other request through.
+        with MOTO_LOCK.released():
+            super().wait_for_messages(timeout)
+
+    def _counts(self) -> dict[str, int]:
+        now = unix_time_millis()
+        # moto asks for the counts 3 times per message it receives or sends, in one request,
+        # and never reads them there: one count per request and millisecond serves them all.
+        key = (MOTO_LOCK.generation, int(now), len(self._messages))
+        cached = self.__dict__.get("_fast_counts")
+        if cached is not None and cached[0] == key:
+            return cast("dict[str, int]", cached[1])
+        visible = delayed = hidden = 0
+        for message in self._messages:
+            is_delayed = now < message.delayed_until
+            delayed += is_delayed
+            if now > message.visible_at:
+                visible += not is_delayed
+            else:
+                hidden += 1
+        counts = {
+            "ApproximateNumberOfMessages": visible,
+            "ApproximateNumberOfMessagesDelayed": delayed,
+            "ApproximateNumberOfMessagesNotVisible": hidden,
+        }
+        self.__dict__["_fast_counts"] = (key, counts)
+        return counts
+
+    @property
+    def approximate_number_of_messages_delayed(self) -> int:
+        return self._counts()["ApproximateNumberOfMessagesDelayed"]
+
+    @property
+    def approximate_number_of_messages_not_visible(self) -> int:
+        return self._counts()["ApproximateNumberOfMessagesNotVisible"]
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        counts = self._counts()
+        result: dict[str, Any] = {}
+        for attribute in self.BASE_ATTRIBUTES:
+            result[attribute] = (
+                counts[attribute] if attribute in counts else getattr(self, _attribute_name(attribute))
+            )
+        if self.fifo_queue:
+            for attribute in self.FIFO_ATTRIBUTES:
+                result[attribute] = getattr(self, _attribute_name(attribute))
+        if self.kms_master_key_id:
+            for attribute in self.KMS_ATTRIBUTES:
+                result[attribute] = getattr(self, _attribute_name(attribute))
+        if self.policy:
+            result["Policy"] = self.policy
+        if self.redrive_policy:
+            result["RedrivePolicy"] = json.dumps(self.redrive_policy)
+        for key, value in result.items():
+            if isinstance(value, bool):
+                result[key] = str(value).lower()
+        return result
+
+
+def fast_scans(queue: Any) -> Any:
+    """Make one of moto's queues a :class:`FastScanQueue` (same state, same behaviour)."""
+    if type(queue) is Queue:
+        queue.__class__ = FastScanQueue
+    return queue
+
+
+def _fast_scan_queues(account_id: str, region: str) -> None:
+    """Make every plain queue of one account and region a :class:`FastScanQueue`."""
+    backend = sqs_backends[account_id][region]
+    for queue in list(backend.queues.values()):
+        fast_scans(queue)
+
+
 def _queue(queue_url: str, default_region: str) -> Any:
     account_id, region, name = parse_queue_url(queue_url, default_region)
-    return sqs_backends[account_id][region].get_queue(name)
+    return fast_scans(sqs_backends[account_id][region].get_queue(name))
 
 
 def send_to_queue(queue_url: str, body: str, default_region: str) -> None:
@@ -126,10 +287,11 @@ def send_to_queue(queue_url: str, body: str, default_region: str) -> None:
     """
     account_id, region, name = parse_queue_url(queue_url, default_region)
     backend = sqs_backends[account_id][region]
-    queue = backend.get_queue(name)
-    if queue.fifo_queue:
-        raise ValueError(f"{name} is a FIFO queue; callback steps need a standard queue")
-    backend.send_message(name, body)
+    with MOTO_LOCK:
+        queue = fast_scans(backend.get_queue(name))
+        if queue.fifo_queue:
+            raise ValueError(f"{name} is a FIFO queue; callback steps need a standard queue")
+        backend.send_message(name, body)
 
 
 def _jsonable(value: Any) -> Any:
@@ -154,9 +316,11 @@ def peek_queue(queue_url: str, default_region: str) -> list[JSONDict]:
     :param default_region: region to assume when the URL names none.
     :return: one dictionary per message, oldest first.
     """
-    queue = _queue(queue_url, default_region)
+    with MOTO_LOCK:
+        queue = _queue(queue_url, default_region)
+        messages = list(queue._messages)
     result: list[JSONDict] = []
-    for message in list(queue._messages):
+    for message in messages:
         attributes: dict[str, str] = {
             "SentTimestamp": str(message.sent_timestamp),
             "ApproximateReceiveCount": str(message.approximate_receive_count),
@@ -188,11 +352,12 @@ def purge_queue(queue_url: str, default_region: str) -> int:
     :param default_region: region to assume when the URL names none.
     :return: how many messages were dropped.
     """
-    queue = _queue(queue_url, default_region)
-    with queue._messages_lock:
-        count = len(queue._messages)
-        queue._messages = []
-        queue._pending_messages = set()
+    with MOTO_LOCK:
+        queue = _queue(queue_url, default_region)
+        with queue._messages_lock:
+            count = len(queue._messages)
+            queue._messages = []
+            queue._pending_messages = set()
     return count
 
 
@@ -631,6 +796,17 @@ def identify_request(environ: dict[str, Any]) -> tuple[str, str]:
     return service or "unknown", f"{environ.get('REQUEST_METHOD', 'GET')} {environ.get('PATH_INFO', '/')}"
 
 
+def request_region(environ: Mapping[str, Any], default: str) -> str:
+    """The region of a SigV4-signed request (from its credential scope), else ``default``."""
+    auth = str(environ.get("HTTP_AUTHORIZATION") or "")
+    position = auth.find("Credential=")
+    if position >= 0:
+        scope = auth[position + 11 :].split(",", 1)[0].split("/")
+        if len(scope) >= 4 and scope[2]:
+            return scope[2]
+    return default
+
+
 class EmulatorApp:
     """
     The WSGI application: control endpoints, fault injection and the request log around moto.
@@ -647,6 +823,7 @@ class EmulatorApp:
         self.log = RequestLog()
         self.faults = FaultRegistry()
         self._moto = DomainDispatcherApplication(_create_app)
+        self._apps: dict[str, Any] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or ""
@@ -676,13 +853,45 @@ class EmulatorApp:
             statuses.append(int(status[:3]))
             return start_response(status, headers, exc_info)
 
+        region = request_region(environ, self.region)
+        # SageMaker requests take the step engine's lock, and the engine takes MOTO_LOCK to send
+        # a callback message: they must not hold MOTO_LOCK first (the lock order is engine, moto).
+        serial = contextlib.nullcontext() if service == "sagemaker" else MOTO_LOCK
         try:
-            result = self._moto(environ, capture)
+            with serial:
+                if service == "sqs":
+                    # Queues made elsewhere (moto in this process) get the cheap scans and the
+                    # long poll that gives the lock up, before this request touches them.
+                    _fast_scan_queues(self.account_id, region)
+                result = self._backend_app(environ, service)(environ, capture)
+                if service == "sqs" and action == "CreateQueue":
+                    _fast_scan_queues(self.account_id, region)
         except Exception:
             self.log.record(service, action, 500, internal=internal, started=started)
             raise
-        self.log.record(service, action, statuses[-1] if statuses else 0, internal=internal, started=started)
+        status = statuses[-1] if statuses else 0
+        self.log.record(service, action, status, internal=internal, started=started)
         return cast("Iterable[bytes]", result)
+
+    def _backend_app(self, environ: dict[str, Any], service: str) -> Any:
+        """
+        The moto app that answers a request: for SQS and SageMaker's API, found once and kept.
+
+        moto's dispatcher finds the app for every request under one process-wide lock, listing
+        moto's package directory each time (a ``stat`` per service); under load that lock
+        serialises every request. Signed SQS and SageMaker API requests always go to the same
+        app, so it is looked up once.
+        """
+        path = str(environ.get("PATH_INFO") or "")
+        direct = service == "sqs" or (
+            service == "sagemaker" and not path.endswith(("invocations", "BatchPutMetrics"))
+        )
+        if not direct or "Credential=" not in str(environ.get("HTTP_AUTHORIZATION") or ""):
+            return self._moto.get_application(environ)
+        app = self._apps.get(service)
+        if app is None:
+            app = self._apps[service] = self._moto.get_application(environ)
+        return app
 
     # ------------------------------------------------------------------ control endpoints
 
@@ -747,6 +956,8 @@ class EmulatorApp:
                 return 200, {"settings": self.engine.configure(body).as_dict()}
             if method == "DELETE":
                 return 200, {"settings": self.engine.reset_settings().as_dict()}
+        if route == "accepted-closes" and method == "GET":
+            return 200, {"accepted_closes": self.engine.accepted_closes()}
         if route == "queue-messages" and method == "GET":
             return 200, {"messages": peek_queue(query["queue_url"], self.region)}
         if route == "purge-queue" and method == "POST":
@@ -763,16 +974,104 @@ class EmulatorApp:
 # ---------------------------------------------------------------------- the server
 
 
+#: Response headers the keep-alive handler sets itself (hop-by-hop, or the body's length).
+_HOP_HEADERS: Final = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
+
+
 class _QuietRequestHandler(MotoRequestHandler):
     """
-    moto's request handler without a log line per request (benchmarks send thousands).
+    moto's request handler, keeping connections alive and without a log line per request.
 
-    Note that werkzeug's development server closes the connection after every response, so each
-    request costs a new loopback connection (a few milliseconds with moto's own work).
+    werkzeug's development server closes the connection after every response, so every request
+    costs a new connection and a new thread, and under load each new thread waits for the GIL
+    before the server accepts the next connection. Here a plain HTTP/1.1 request (a body of
+    known length, no ``Expect``, not ``HEAD``) is answered with the whole response and a
+    ``Content-Length`` and the connection stays open for the client's next request; anything
+    else goes through werkzeug unchanged (and closes).
     """
+
+    protocol_version = "HTTP/1.1"
+    # Small responses on a kept-alive connection: without this, delayed ACKs can add 40 ms.
+    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        connections = getattr(self.server, "emulator_connections", None)
+        if connections is not None:
+            connections.add(self.connection)
+
+    def finish(self) -> None:
+        connections = getattr(self.server, "emulator_connections", None)
+        if connections is not None:
+            connections.discard(self.connection)
+        super().finish()
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         return None
+
+    def _can_keep_alive(self) -> bool:
+        return (
+            self.request_version == "HTTP/1.1"
+            and self.command != "HEAD"
+            and not self.headers.get("Expect")
+            and "chunked" not in self.headers.get("Transfer-Encoding", "").lower()
+        )
+
+    def run_wsgi(self) -> None:
+        if not self._can_keep_alive():
+            self.close_connection = True
+            super().run_wsgi()
+            return
+        environ = self.make_environ()
+        self.environ = environ
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        # Read exactly the body, so that the next request on this connection starts clean.
+        environ["wsgi.input"] = io.BytesIO(self.rfile.read(length) if length > 0 else b"")
+        response: dict[str, Any] = {}
+        written: list[bytes] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            response["status"], response["headers"] = status, headers
+            return written.append
+
+        try:
+            result = self.server.app(environ, start_response)
+            try:
+                body = b"".join([*written, *result])
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            code_text, _, reason = str(response["status"]).partition(" ")
+            code = int(code_text)
+        except Exception as err:
+            self.close_connection = True
+            self.server.log("error", f"Error on request {self.command} {self.path}: {err!r}")
+            code, reason, body = 500, "Internal Server Error", b"Internal Server Error"
+            response["headers"] = [("Content-Type", "text/plain")]
+        headers: list[tuple[str, str]] = response["headers"]
+        names = {key.lower() for key, _ in headers}
+        self.send_response_only(code, reason)
+        # The app's own Server header (moto's) stands; one of each, or strict clients refuse it.
+        if "server" not in names:
+            self.send_header("Server", self.version_string())
+        if "date" not in names:
+            self.send_header("Date", self.date_time_string())
+        for key, value in headers:
+            if key.lower() not in _HOP_HEADERS:
+                self.send_header(key, value)
+        no_body = code in (204, 304) or 100 <= code < 200
+        if not no_body:
+            self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        # Headers and body in one write: one system call (one release of the GIL) a response.
+        self._headers_buffer.append(b"\r\n" + (b"" if no_body else body))
+        self.flush_headers()
+        self.wfile.flush()
 
 
 class EmulatorServer:
@@ -791,6 +1090,8 @@ class EmulatorServer:
         self._server: BaseWSGIServer = make_server(
             host, port, self.app, threaded=True, request_handler=_QuietRequestHandler
         )
+        # Connections kept alive; closed on stop so that no client is served by a stopped server.
+        self._server.emulator_connections = set()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -812,4 +1113,7 @@ class EmulatorServer:
         self.engine.shutdown()
         self._server.shutdown()
         self._server.server_close()
+        for connection in list(self._server.emulator_connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=10)

@@ -430,6 +430,14 @@ class CallbackEmulator:
         result: dict[str, Any] = self._control("GET", "settings")["settings"]
         return result
 
+    def accepted_closes(self) -> dict[str, int]:
+        """
+        Close requests the emulator accepted, per callback token (replays of the same request
+        not counted): a token with more than one was closed twice.
+        """
+        result: dict[str, int] = self._control("GET", "accepted-closes")["accepted_closes"]
+        return result
+
     def reset(self) -> None:
         """Default settings, no faults, empty request log (queues and executions stay)."""
         self._control("POST", "reset")

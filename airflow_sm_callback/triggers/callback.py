@@ -7,7 +7,9 @@ Two ways to run, the same guarantees:
   a triggerer shares one poll loop, :class:`CallbackStreamProducer`, in ack mode. The producer
   receives batches, groups messages by token and broadcasts each batch (a :class:`CallbackBatch`)
   to the triggers; each trigger's filter *claims* the deliveries it wants (the first claim wins)
-  and yields one event per claim. When every trigger has moved past a batch and the claimed
+  and yields one event per claim (the claims of one batch register their tokens with the secrets
+  masker together: the masker recompiles one regex of every secret per registration). When
+  every trigger has moved past a batch and the claimed
   events are persisted, Airflow calls :meth:`CallbackStreamProducer.advance`, which deletes the
   claimed messages, deletes messages whose step is known closed, and hands every other message
   back. A claim whose outcome is not clean (a persist that failed, a trigger that timed out) is
@@ -21,8 +23,10 @@ Two ways to run, the same guarantees:
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable, Sequence
@@ -47,7 +51,11 @@ RECEIVE_VISIBILITY: Final = 30
 HEARTBEAT_AFTER: Final = 10.0
 #: Receives made at once to drain a burst (each up to 10 messages).
 BURST_RECEIVES: Final = 8
-#: The most messages broadcast as one batch.
+#: Receive results waiting to be broadcast before receiving pauses (back-pressure).
+MAX_PENDING_RECEIVES: Final = 4 * BURST_RECEIVES
+#: While a burst is drained, seconds a batch gathers receives before it is broadcast ...
+BATCH_WINDOW: Final = 0.1
+#: ... or this many messages, whichever comes first.
 MAX_BATCH_MESSAGES: Final = 200
 #: Longest pause between receives after transient errors.
 MAX_ERROR_BACKOFF: Final = 30.0
@@ -119,6 +127,110 @@ def error_event(message: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Masking many tokens at once
+# ----------------------------------------------------------------------------------------------
+
+
+def _new_mask_patterns(masker: Any, tokens: Sequence[str]) -> set[str]:
+    """
+    The patterns ``masker.add_mask(token)`` would add for ``tokens``, without adding them.
+
+    Follows ``SecretsMasker.add_mask`` for a string: skip empty, too short and common values,
+    mask every adaptation of the secret.
+
+    :raises AttributeError: when ``masker`` is not the masker this was written for.
+    """
+    from airflow.sdk._shared.secrets_masker.secrets_masker import SECRETS_TO_SKIP_MASKING
+
+    min_length: int = masker.min_length_to_mask
+    known: set[str] = masker.patterns
+    new: set[str] = set()
+    for token in tokens:
+        if not token or token.lower() in SECRETS_TO_SKIP_MASKING or len(token) < min_length:
+            continue
+        for variant in masker._adaptations(token):
+            if variant and len(variant) >= min_length and variant.lower() not in SECRETS_TO_SKIP_MASKING:
+                pattern = re.escape(variant)
+                if pattern not in known:
+                    new.add(pattern)
+    return new
+
+
+def register_tokens(tokens: Sequence[str]) -> None:
+    """
+    Register many callback tokens with this process's secrets masker, compiling its regex once.
+
+    ``SecretsMasker.add_mask`` recompiles one regular expression of *every* secret known for
+    each new secret, so registering N tokens one by one costs O(N^2): about 34 seconds of
+    event-loop time for 1,000 tokens. This adds the same patterns and compiles once. With a
+    masker it does not know, it falls back to ``add_mask`` per token.
+    """
+    from airflow.sdk._shared.secrets_masker import _secrets_masker
+
+    masker = _secrets_masker()
+    try:
+        new = _new_mask_patterns(masker, tokens)
+        if not new:
+            return
+        patterns: set[str] = masker.patterns
+        # Compile before publishing, so that a log line never meets a half-updated masker. The
+        # parse allocates an object per character: with the cyclic collector on, a large heap
+        # (a triggerer's) makes some compiles several times slower; they make no cycles.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            replacer = re.compile("|".join(patterns | new))
+        finally:
+            if collecting:
+                gc.enable()
+        patterns.update(new)
+        masker.replacer = replacer
+    except (AttributeError, ImportError, TypeError):
+        for token in tokens:
+            masker.add_mask(token)
+
+
+async def _tell_supervisor(tokens: list[str]) -> None:
+    """Pass the tokens to the supervisor's masker, as ``amask_secret`` does (one message for all)."""
+    try:
+        from airflow.sdk.execution_time import task_runner
+        from airflow.sdk.execution_time.comms import MaskSecret
+
+        comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+        if comms is not None:
+            await comms.asend(MaskSecret(value=list(tokens)))
+    except Exception:
+        # As amask_secret: outside a task or triggerer process there is no supervisor to tell.
+        return
+
+
+class _TokenMasker:
+    """
+    Masks the tokens that triggers claim, in batches: the claims made in one turn of the event
+    loop (every trigger handling one broadcast batch) share one registration, made before any of
+    them yields its event.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[str] = []
+        self._flush: asyncio.Task[None] | None = None
+
+    async def mask(self, token: str) -> None:
+        """Return once ``token`` is masked (with the others claimed in the same turn)."""
+        self._pending.append(token)
+        if self._flush is None:
+            # Created now, it runs after every task already scheduled for this turn.
+            self._flush = asyncio.create_task(self._run())
+        await asyncio.shield(self._flush)
+
+    async def _run(self) -> None:
+        tokens, self._pending = self._pending, []
+        self._flush = None
+        register_tokens(tokens)
+        await _tell_supervisor(tokens)
+
+
+# ----------------------------------------------------------------------------------------------
 # Shared stream: the raw events and the producer
 # ----------------------------------------------------------------------------------------------
 
@@ -147,6 +259,21 @@ class CallbackBatch:
     invalid: list[UnparsedMessage]
     router: _Router
     received_at: float = field(default_factory=time.monotonic)
+    _by_execution: dict[str, list[Delivery]] | None = field(default=None, repr=False)
+
+    def for_execution(self, execution_arn: str) -> Sequence[Delivery]:
+        """
+        The deliveries of one pipeline execution.
+
+        Every trigger sees every batch; one that waits for a single execution looks its
+        deliveries up here instead of scanning the batch (the index is built once per batch).
+        """
+        if self._by_execution is None:
+            index: dict[str, list[Delivery]] = {}
+            for delivery in self.deliveries:
+                index.setdefault(delivery.callback.pipeline_execution_arn, []).append(delivery)
+            self._by_execution = index
+        return self._by_execution.get(execution_arn, ())
 
     def claim(self, delivery: Delivery, claimer: int) -> bool:
         """Claim ``delivery`` for ``claimer``; only the first claim wins."""
@@ -168,6 +295,11 @@ class _Router:
         self._handed_on: OrderedDict[str, None] = OrderedDict()
         self._lookups: dict[str, asyncio.Task[None]] = {}
         self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
+        self._masker = _TokenMasker()
+
+    async def mask(self, token: str) -> None:
+        """Register a claimed token with the secrets masker (batched with the other claims)."""
+        await self._masker.mask(token)
 
     def handed_on(self, token: str) -> bool:
         """Whether the token was already handed on through this stream."""
@@ -224,8 +356,11 @@ class CallbackStreamProducer(SharedStreamProducer):
     The one poll loop of a shared stream (ack mode): receive, broadcast, and advance the queue.
 
     One 20-second long poll at a time while the queue is idle; when a receive comes back full,
-    up to eight receives at once drain the burst into one batch. Messages stay hidden while the
-    triggers decide (their visibility is extended after 10 seconds). In :meth:`advance`, claimed
+    eight receivers at once drain the burst. Receiving runs beside broadcasting: a batch holds
+    what arrived since the previous one (while a burst is drained, what arrives within 0.1 s,
+    at most 200 messages), since each batch wakes every trigger on the stream and updates the
+    secrets masker once whatever its size. Messages stay hidden while the triggers decide
+    (their visibility is extended after 10 seconds). In :meth:`advance`, claimed
     messages whose events were persisted are deleted (``DeleteMessageBatch``); messages whose
     step is closed, or whose token was already handed on, are deleted; every other message is
     handed back (``ChangeMessageVisibilityBatch``), at once the first time and with a growing
@@ -239,6 +374,9 @@ class CallbackStreamProducer(SharedStreamProducer):
         self._inflight: dict[int, CallbackBatch] = {}
         self._router: _Router | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._receiver: asyncio.Task[None] | None = None
+        self._received: asyncio.Queue[Any] | None = None
+        self._draining = False
 
     @property
     def router(self) -> _Router:
@@ -257,15 +395,72 @@ class CallbackStreamProducer(SharedStreamProducer):
     async def open_stream(self) -> AsyncIterator[tuple[Any, Any]]:
         self._router = _Router(self._hook(), self.queue_url)
         self._heartbeat = asyncio.create_task(self._keep_hidden())
+        self._received = asyncio.Queue(maxsize=MAX_PENDING_RECEIVES)
+        self._receiver = asyncio.create_task(self._receive_loop(self._received))
+        try:
+            while True:
+                results = await self._collect(self._received)
+                received = [r for r in results if not isinstance(r, BaseException) and len(r)]
+                if received:
+                    batch = self._batch(received)
+                    self._inflight[batch.id] = batch
+                    yield batch, batch
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+        finally:
+            self._receiver.cancel()
+
+    async def _collect(self, received: asyncio.Queue[Any]) -> list[Any]:
+        """
+        The receive results of the next batch.
+
+        Every batch costs the same whatever its size (each trigger on the stream is woken for it,
+        and the secrets masker recompiles once for its tokens), so while a burst is being
+        drained a batch gathers receives for up to ``BATCH_WINDOW`` seconds (or
+        ``MAX_BATCH_MESSAGES`` messages); otherwise it goes out at once.
+        """
+        results = [await received.get()]
+        count = len(results[0]) if not isinstance(results[0], BaseException) else 0
+        loop = asyncio.get_running_loop()
+        until = loop.time() + BATCH_WINDOW
+        while self._draining and count < MAX_BATCH_MESSAGES and loop.time() < until:
+            try:
+                async with asyncio.timeout_at(until):
+                    result = await received.get()
+            except TimeoutError:
+                break
+            results.append(result)
+            count += 0 if isinstance(result, BaseException) else len(result)
+        while not received.empty():
+            results.append(received.get_nowait())
+        return results
+
+    async def _receive_loop(self, out: asyncio.Queue[Any]) -> None:
+        """
+        Receive for the stream: one long poll at a time, and a burst drained as fast as it can
+        be; every receive's result is handed on as it arrives. Ends by handing on the error
+        when the queue cannot be read.
+        """
         errors = 0
         while True:
             try:
-                received = await self._receive_burst()
+                first = await self._receive(wait_time_seconds=20)
+                await out.put(first)
+                if len(first) == SQS_BATCH_SIZE:
+                    self._draining = True
+                    try:
+                        await self._drain(out)
+                    finally:
+                        self._draining = False
             except Exception as err:
                 if not is_transient(err):
-                    raise RuntimeError(
+                    failure = RuntimeError(
                         f"cannot receive callbacks from {self.queue_url}: {describe_error(err)}"
-                    ) from err
+                    )
+                    failure.__cause__ = err
+                    await out.put(failure)
+                    return
                 errors += 1
                 delay = min(MAX_ERROR_BACKOFF, 2.0 ** min(errors, 6) / 2)
                 self.router.hook.log.warning(
@@ -277,33 +472,29 @@ class CallbackStreamProducer(SharedStreamProducer):
                 await asyncio.sleep(delay)
                 continue
             errors = 0
-            if not received:
-                continue
-            batch = self._batch(received)
-            self._inflight[batch.id] = batch
-            yield batch, batch
 
-    async def _receive_burst(self) -> list[Any]:
-        hook = self.router.hook
-        first = await hook.receive_callbacks_async(
-            self.queue_url, wait_time_seconds=20, visibility_timeout=RECEIVE_VISIBILITY
+    async def _drain(self, out: asyncio.Queue[Any]) -> None:
+        """
+        A receive came back full: ``BURST_RECEIVES`` receivers at once, each receiving without
+        waiting until one of its receives comes back short.
+        """
+
+        async def receiver() -> None:
+            while True:
+                result = await self._receive(wait_time_seconds=0)
+                await out.put(result)
+                if len(result) < SQS_BATCH_SIZE:
+                    return
+
+        outcomes = await asyncio.gather(*(receiver() for _ in range(BURST_RECEIVES)), return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            raise next((f for f in failures if not is_transient(f)), failures[0])
+
+    async def _receive(self, *, wait_time_seconds: int) -> Any:
+        return await self.router.hook.receive_callbacks_async(
+            self.queue_url, wait_time_seconds=wait_time_seconds, visibility_timeout=RECEIVE_VISIBILITY
         )
-        results = [first]
-        total = len(first)
-        full = total == SQS_BATCH_SIZE
-        while full and total < MAX_BATCH_MESSAGES:
-            more = await asyncio.gather(
-                *(
-                    hook.receive_callbacks_async(
-                        self.queue_url, wait_time_seconds=0, visibility_timeout=RECEIVE_VISIBILITY
-                    )
-                    for _ in range(BURST_RECEIVES)
-                )
-            )
-            results.extend(more)
-            total += sum(len(r) for r in more)
-            full = any(len(r) == SQS_BATCH_SIZE for r in more)
-        return [r for r in results if len(r)]
 
     def _batch(self, received: list[Any]) -> CallbackBatch:
         router = self.router
@@ -323,7 +514,7 @@ class CallbackStreamProducer(SharedStreamProducer):
                         duplicate=router.handed_on(callback.token),
                     )
                     continue
-                if callback.receipt_handle:
+                if callback.receipt_handle and callback.receipt_handle not in delivery.receipt_handles:
                     delivery.receipt_handles.append(callback.receipt_handle)
                 delivery.receive_count = max(delivery.receive_count, callback.receive_count)
                 if callback.is_stopping and not delivery.callback.is_stopping:
@@ -367,6 +558,10 @@ class CallbackStreamProducer(SharedStreamProducer):
 
     async def _apply(self, deletes: list[str], releases: list[tuple[str, int]]) -> None:
         hook = self.router.hook
+        # A batch call fails whole when a receipt handle appears twice in it.
+        deletes = list(dict.fromkeys(deletes))
+        deleting = set(deletes)
+        releases = [(h, delay) for h, delay in dict(releases).items() if h not in deleting]
         try:
             if deletes:
                 await hook.delete_messages_async(self.queue_url, deletes)
@@ -396,9 +591,21 @@ class CallbackStreamProducer(SharedStreamProducer):
     async def aclose(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._receiver is not None:
+            self._receiver.cancel()
+            await asyncio.gather(self._receiver, return_exceptions=True)
         if self._router is None:
             return
-        # Batches never advanced (the stream stopped first) go back to the queue at once.
+        # Receives never broadcast, and batches never advanced (the stream stopped first), go
+        # back to the queue at once.
+        left = []
+        while self._received is not None and not self._received.empty():
+            result = self._received.get_nowait()
+            if not isinstance(result, BaseException) and len(result):
+                left.append(result)
+        if left:
+            batch = self._batch(left)
+            self._inflight[batch.id] = batch
         handles = [
             handle
             for raw in self._inflight.values()
@@ -587,19 +794,24 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         fired = False
         me = id(self)
         matcher = self.matcher
+        execution = matcher.pipeline_execution_arn
         stream = aiter(shared_stream)
         loop = asyncio.get_running_loop()
         remaining = self._remaining()
         until = None if remaining is None else loop.time() + remaining
         try:
             while True:
+                waiting: asyncio.Timeout | None = None
                 try:
-                    async with asyncio.timeout_at(None if fired else until) as waiting:
+                    if fired or until is None:
                         batch = await anext(stream)
+                    else:
+                        async with asyncio.timeout_at(until) as waiting:
+                            batch = await anext(stream)
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
-                    if not waiting.expired():
+                    if waiting is None or not waiting.expired():
                         raise
                     yield TriggerEvent(timeout_event(self.deadline))
                     return
@@ -607,7 +819,9 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                 # trigger has moved past it.
                 if fired:
                     continue
-                for delivery in batch.deliveries:
+                # Every trigger sees every batch: one waiting for an execution looks it up.
+                candidates = batch.deliveries if execution is None else batch.for_execution(execution)
+                for delivery in candidates:
                     if delivery.claimed_by is not None or delivery.duplicate:
                         continue
                     callback = delivery.callback
@@ -621,7 +835,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                     if batch.router.step_closed(callback.token) or not batch.claim(delivery, me):
                         continue
                     self._emitted.add(callback.token)
-                    await batch.router.hook.mask_async(callback.token)
+                    await batch.router.mask(callback.token)
                     self.log.info("Callback for %s arrived", callback.pipeline_execution_arn)
                     yield TriggerEvent(success_event(callback, batch.router.queue_url, None))
                     if once:

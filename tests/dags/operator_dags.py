@@ -44,7 +44,8 @@ with DAG(dag_id="ops_types", schedule=None, start_date=START, params=PARAMS):
             "rows": "{{ 3 + 4 }}",
             "auc": "{{ 0.91 }}",
             "passed": "{{ 1 < 2 }}",
-            "uri": "s3://b/k",
+            # The callback's arguments are data: Jinja inside them is never rendered.
+            "uri": "{{ ti.xcom_pull(task_ids='jinja_wait')['arguments']['jinja'] }}",
         },
     )
 

@@ -153,6 +153,7 @@ def test_closing_twice_completes_once(
         execution_arn=arn,
     )
     assert emulator.request_counts("sagemaker")["ListPipelineExecutionSteps"] >= 1
+    assert emulator.accepted_closes()[token] == 1
     (step,) = emulator.list_steps(arn)
     assert step["Metadata"]["Callback"]["OutputParameters"] == [{"Name": "rows", "Value": "1"}]
     # Closing it the other way is an error naming the execution, never the token.
@@ -361,3 +362,14 @@ def test_passing_conflict_on_an_open_step_is_retried(
     (step,) = emulator.list_steps(arn)
     assert step["StepStatus"] == "Succeeded"
     assert step["Metadata"]["Callback"]["OutputParameters"] == [{"Name": "rows", "Value": "5"}]
+
+
+def test_accepted_closes_count_a_lenient_reclose(
+    emulator: CallbackEmulator, callback_queue: str, hook: SageMakerCallbackHook
+) -> None:
+    emulator.configure(conflict_on_reclose=False)
+    arn = start(emulator, callback_queue, outputs={})
+    token = hook.receive_callbacks(callback_queue, wait_time_seconds=2).callbacks[0].token
+    hook.send_step_success(token, {}, client_request_token=unique("one").ljust(40, "x"), execution_arn=arn)
+    hook.send_step_success(token, {}, client_request_token=unique("two").ljust(40, "x"), execution_arn=arn)
+    assert emulator.accepted_closes()[token] == 2

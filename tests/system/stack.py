@@ -150,18 +150,29 @@ class AirflowStack:
 
     # -- REST -------------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None, attempts: int = 3) -> Any:
+        """One REST call; a timeout or a 5xx (a busy SQLite database) is tried again."""
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"{self.api}/api/v2/{path.lstrip('/')}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(request, timeout=60) as response:
-            text = response.read()
-        return json.loads(text) if text else None
+        for attempt in range(attempts):
+            request = urllib.request.Request(
+                f"{self.api}/api/v2/{path.lstrip('/')}",
+                data=data,
+                method=method,
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with opener.open(request, timeout=60) as response:
+                    text = response.read()
+                return json.loads(text) if text else None
+            except urllib.error.HTTPError as err:
+                if err.code < 500 or attempt == attempts - 1:
+                    raise
+            except TimeoutError:
+                if attempt == attempts - 1:
+                    raise
+            time.sleep(2)
+        raise AssertionError("unreachable")
 
     def wait_for_api(self, within: float = 180) -> None:
         deadline = time.monotonic() + within

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from airflow_sm_callback.testing import CallbackEmulator
-from tests.fixtures import callback_definition, unique
+from tests.fixtures import EVENTS_PIPELINE, callback_definition, unique
 from tests.system.airflow_run import DagRunResult, airflow_env, dags_test
-from tests.system.conftest import EVENTS_PIPELINE
 from tests.system.stack import ROOT, AirflowStack
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -126,7 +125,9 @@ def ops(emulator: CallbackEmulator, callback_queue: str, airflow_db: str) -> dic
     emulator.create_pipeline(
         name,
         callback_definition(
-            callback_queue, outputs={"rows": "Integer", "auc": "Float", "passed": "Boolean", "uri": "String"}
+            callback_queue,
+            outputs={"rows": "Integer", "auc": "Float", "passed": "Boolean", "uri": "String"},
+            arguments={"jinja": "{{ 7 * 7 }}"},
         ),
     )
     return {"name": name, "queue_url": callback_queue, "env": airflow_env(emulator)}
@@ -144,9 +145,9 @@ def test_values_from_jinja_and_from_xcom_arrive_as_declared_types(
         {"Name": "passed", "Value": "true"},
         {"Name": "uri", "Value": "s3://b/k"},
     ]
-    for arn in arns:
+    for arn, uri in zip(arns, ["{{ 7 * 7 }}", "s3://b/k"], strict=True):
         assert emulator.wait_for_execution(arn) == "Succeeded"
-        assert outputs(emulator, arn, "Score") == expected
+        assert outputs(emulator, arn, "Score") == [*expected[:3], {"Name": "uri", "Value": uri}]
     assert result.xcom["jinja_close"] == arns[0]
     link = [line for line in result.output.splitlines() if "sagemaker_pipeline_execution" in line]
     assert link or "Pushing xcom" in result.output

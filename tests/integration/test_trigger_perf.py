@@ -1,0 +1,172 @@
+"""
+The trigger's performance fixes keep its behaviour: batched token masking, the per-execution
+index of a batch, receiving beside broadcasting, de-duplicated batch calls. No timings asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import string
+from typing import Any
+
+import pytest
+from airflow.sdk._shared.secrets_masker import SecretsMasker
+
+from airflow_sm_callback.callback import CallbackMatcher, CallbackMessage
+from airflow_sm_callback.testing import CallbackEmulator
+from airflow_sm_callback.testing.triggerer import SharedStreamHarness
+from airflow_sm_callback.triggers import callback as module
+from airflow_sm_callback.triggers.callback import (
+    CallbackBatch,
+    CallbackStreamProducer,
+    Delivery,
+    SageMakerCallbackTrigger,
+    register_tokens,
+)
+from tests.fixtures import callback_definition, unique
+
+pytestmark = pytest.mark.integration
+
+ARN = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/{}"
+
+
+def token() -> str:
+    return "".join(random.choices(string.ascii_letters + string.digits, k=10))
+
+
+@pytest.fixture
+def masker(monkeypatch: pytest.MonkeyPatch) -> SecretsMasker:
+    """A fresh masker in place of the process's."""
+    fresh = SecretsMasker()
+    monkeypatch.setattr("airflow.sdk._shared.secrets_masker._secrets_masker", lambda: fresh)
+    return fresh
+
+
+def test_register_tokens_masks_like_add_mask(masker: SecretsMasker) -> None:
+    masker.add_mask("already-known-secret")
+    tokens = [token() for _ in range(50)] + ["airflow", "", "abc", "already-known-secret"]
+    register_tokens(tokens)
+    reference = SecretsMasker()
+    reference.add_mask("already-known-secret")
+    for t in tokens:
+        reference.add_mask(t)
+    assert masker.patterns == reference.patterns
+    line = " ".join(tokens[:50])
+    assert masker.replacer is not None
+    assert masker.replacer.sub("***", line) == reference.replacer.sub("***", line)
+    assert not any(t in masker.replacer.sub("***", line) for t in tokens[:50])
+
+
+def test_register_tokens_falls_back_for_another_masker(monkeypatch: pytest.MonkeyPatch) -> None:
+    class OtherMasker:
+        def __init__(self) -> None:
+            self.masked: list[str] = []
+
+        def add_mask(self, secret: str) -> None:
+            self.masked.append(secret)
+
+    other = OtherMasker()
+    monkeypatch.setattr("airflow.sdk._shared.secrets_masker._secrets_masker", lambda: other)
+    register_tokens(["Ab3dE6gH9k", "Zz9yX8wV7u"])
+    assert other.masked == ["Ab3dE6gH9k", "Zz9yX8wV7u"]
+
+
+async def test_claims_of_one_turn_share_one_registration(
+    masker: SecretsMasker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(module, "register_tokens", lambda tokens: calls.append(list(tokens)))
+    token_masker = module._TokenMasker()
+    tokens = [token() for _ in range(20)]
+    await asyncio.gather(*(token_masker.mask(t) for t in tokens))
+    await token_masker.mask("Ab3dE6gH9k")
+    assert calls == [tokens, ["Ab3dE6gH9k"]]
+
+
+def delivery(execution: str, handles: list[str] | None = None) -> Delivery:
+    callback = CallbackMessage.from_body(
+        json.dumps({"token": token(), "pipelineExecutionArn": ARN.format(execution)})
+    )
+    return Delivery(callback=callback, receipt_handles=handles or [token()], receive_count=1)
+
+
+def test_batch_index_by_execution() -> None:
+    deliveries = [delivery("a"), delivery("b"), delivery("a")]
+    batch = CallbackBatch(id=1, deliveries=deliveries, invalid=[], router=None)  # type: ignore[arg-type]
+    assert list(batch.for_execution(ARN.format("a"))) == [deliveries[0], deliveries[2]]
+    assert list(batch.for_execution(ARN.format("b"))) == [deliveries[1]]
+    assert list(batch.for_execution(ARN.format("c"))) == []
+
+
+class RecordingHook:
+    def __init__(self) -> None:
+        self.deleted: list[list[str]] = []
+        self.released: list[list[tuple[str, int]]] = []
+
+    async def delete_messages_async(self, queue_url: str, handles: list[str]) -> None:
+        self.deleted.append(list(handles))
+
+    async def change_visibility_async(self, queue_url: str, entries: list[tuple[str, int]]) -> None:
+        self.released.append(list(entries))
+
+
+async def test_apply_never_repeats_a_receipt_handle() -> None:
+    producer = CallbackStreamProducer({"queue_url": "q"})
+    hook = RecordingHook()
+
+    class Router:
+        pass
+
+    router = Router()
+    router.hook = hook  # type: ignore[attr-defined]
+    producer._router = router  # type: ignore[assignment]
+    await producer._apply(["a", "b", "a"], [("b", 0), ("c", 0), ("c", 2)])
+    assert hook.deleted == [["a", "b"]]
+    assert hook.released == [[("c", 2)]]
+
+
+def trigger_for(queue_url: str, arn: str, **kwargs: Any) -> SageMakerCallbackTrigger:
+    return SageMakerCallbackTrigger(
+        queue_url=queue_url,
+        matcher=CallbackMatcher(pipeline_execution_arn=arn),
+        aws_conn_id="aws_default",
+        single_event=True,
+        **kwargs,
+    )
+
+
+async def test_burst_on_a_shared_stream_reaches_every_trigger_once(
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str, masker: SecretsMasker
+) -> None:
+    # More than one receive's worth, sent while the triggers wait: the producer drains the burst
+    # with receives at once, beside the broadcasts, and every message is deleted once persisted.
+    name = unique("burst")
+    emulator.create_pipeline(name, callback_definition(callback_queue))
+    arns = [emulator.start_execution(name) for _ in range(45)]
+    bodies = [m["Body"] for m in emulator.queue_messages(callback_queue)]
+    emulator.purge_queue(callback_queue)
+    emulator.clear_requests()
+    async with SharedStreamHarness(persist_delay=0.5) as harness:
+        for i, arn in enumerate(arns):
+            harness.add(i, trigger_for(callback_queue, arn, deadline=None))
+        await asyncio.sleep(1)
+        sqs = emulator.client("sqs")
+        for start in range(0, len(bodies), 10):
+            sqs.send_message_batch(
+                QueueUrl=callback_queue,
+                Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start : start + 10])],
+            )
+        assert await harness.wait_for_events(len(arns), within=60)
+        await asyncio.sleep(2)
+        assert not harness.failures
+    fired = {e.trigger_id: e.event.payload["callback"] for e in harness.events}
+    assert len(harness.events) == len(arns)
+    for i, arn in enumerate(arns):
+        assert fired[i]["pipeline_execution_arn"] == arn
+        assert re.escape(fired[i]["token"]) in masker.patterns
+    assert emulator.queue_messages(callback_queue) == []
+    counts = emulator.request_counts("sqs")
+    assert counts["DeleteMessageBatch"] >= 5
