@@ -36,6 +36,14 @@ from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+#: Seconds after deferring before the trigger may resume the task. A callback that arrives
+#: sooner is claimed at once and held. Airflow's scheduler fails a task instance that is
+#: already queued or running again when it learns only then that the deferring process ended
+#: (same try number, "finished with state success, but the task instance's state attribute is
+#: running"). The deferring process's supervisor can take several seconds to report its end
+#: (5 s seen with SQLite on two CPUs); this gives the scheduler time to learn it first.
+RESUME_HOLD: float = 10.0
+
 
 class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
     """
@@ -192,6 +200,7 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
                 handoff_visibility=self.handoff_visibility,
                 single_event=True,
                 deadline=deadline,
+                not_before=time.time() + RESUME_HOLD,
             ),
             method_name="execute_complete",
             kwargs={"deadline": deadline},

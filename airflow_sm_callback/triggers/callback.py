@@ -248,6 +248,9 @@ class Delivery:
     claimed_by: int | None = None
     #: Set by the producer when the token was already handed on in this process.
     duplicate: bool = False
+    #: Claimed as a further copy of a callback its claimer fired from an earlier batch: deleted
+    #: when the batch is done, but it does not count as the hand-off of the token.
+    copy: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -538,7 +541,8 @@ class CallbackStreamProducer(SharedStreamProducer):
                 token = delivery.callback.token
                 if delivery.claimed_by is not None:
                     if item.outcome.is_clean:
-                        router.mark_handed_on(token)
+                        if not delivery.copy:
+                            router.mark_handed_on(token)
                         deletes.extend(delivery.receipt_handles)
                     else:
                         releases.extend((h, 0) for h in delivery.receipt_handles)
@@ -636,8 +640,10 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
     callback in the asset event's extra). In the triggerer every trigger on one queue and
     connection shares one poll loop (see the module docstring).
 
-    .. note:: Like every event trigger, it is not picked up by triggerers started with
-       ``--queues``.
+    .. note:: In an ``AssetWatcher`` it has no trigger queue, like every asset watcher's
+       trigger: a triggerer started with ``--queues`` does not pick it up. Deferred from a task
+       it gets the task's queue when ``[triggerer] queues_enabled`` is set, as any deferred
+       task's trigger does.
 
     :param queue_url: the SQS queue the callback steps send to.
     :param matcher: which callbacks to take: a :class:`~airflow_sm_callback.callback.CallbackMatcher`
@@ -654,6 +660,10 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         belongs to a task instance, every callback otherwise (``AssetWatcher``).
     :param deadline: a UNIX time at which a single-event trigger stops waiting and fires a
         ``timeout`` event (so the task can close the step); ``None`` waits without end.
+    :param not_before: a UNIX time before which a single-event trigger does not fire: a callback
+        claimed earlier is held (hidden on the queue) until then. The sensor sets it a few
+        seconds after it defers, so that the scheduler has seen the deferring process end before
+        the task resumes (see :data:`~airflow_sm_callback.sensors.callback.RESUME_HOLD`).
     """
 
     def __init__(
@@ -669,6 +679,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         handoff_visibility: int = 900,
         single_event: bool | None = None,
         deadline: float | None = None,
+        not_before: float | None = None,
     ) -> None:
         super().__init__()
         self.queue_url = queue_url
@@ -681,6 +692,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         self.handoff_visibility = handoff_visibility
         self.single_event = single_event
         self.deadline = deadline
+        self.not_before = not_before
         self._emitted: set[str] = set()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -697,6 +709,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                 "handoff_visibility": self.handoff_visibility,
                 "single_event": self.single_event,
                 "deadline": self.deadline,
+                "not_before": self.not_before,
             },
         )
 
@@ -712,6 +725,15 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         if self.deadline is None or not self.fires_once:
             return None
         return self.deadline - time.time()
+
+    async def _hold(self) -> None:
+        """Before a single-event trigger fires: wait until ``not_before``."""
+        if self.not_before is None or not self.fires_once:
+            return
+        delay = self.not_before - time.time()
+        if delay > 0:
+            self.log.info("Callback claimed; resuming the task in %.1fs", delay)
+            await asyncio.sleep(delay)
 
     def hook(self) -> SageMakerCallbackHook:
         """A hook on this trigger's connection (for the standalone path)."""
@@ -765,6 +787,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                 await hook.mask_async(claim.callback.token)
                 self.log.info("Callback for %s arrived", claim.callback.pipeline_execution_arn)
                 self._emitted.add(claim.callback.token)
+                await self._hold()
                 yield TriggerEvent(success_event(claim.callback, self.queue_url, claim.receipt_handles))
                 if self.fires_once:
                     return
@@ -774,6 +797,16 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
             await hook.aclose()
 
     # -- shared stream --------------------------------------------------------------------------
+
+    def _claim_copies(self, batch: CallbackBatch, deliveries: Sequence[Delivery], me: int) -> None:
+        """
+        Claim further copies of callbacks this trigger already fired (SQS delivers at least once,
+        and a pipeline may send a token twice), so that the stream deletes them. The first copy
+        stays on the queue until its event is persisted, so nothing is lost if that fails.
+        """
+        for delivery in deliveries:
+            if delivery.callback.token in self._emitted and batch.claim(delivery, me):
+                delivery.copy = True
 
     def shared_stream_key(self) -> Hashable | None:
         return (
@@ -815,17 +848,21 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                         raise
                     yield TriggerEvent(timeout_event(self.deadline))
                     return
-                # Keep moving past batches after firing: a batch resolves only when every
-                # trigger has moved past it.
-                if fired:
-                    continue
                 # Every trigger sees every batch: one waiting for an execution looks it up.
                 candidates = batch.deliveries if execution is None else batch.for_execution(execution)
+                # Keep moving past batches after firing (a batch resolves only when every
+                # trigger has moved past it), taking further copies of what this trigger fired.
+                if fired:
+                    self._claim_copies(batch, candidates, me)
+                    continue
                 for delivery in candidates:
                     if delivery.claimed_by is not None or delivery.duplicate:
                         continue
                     callback = delivery.callback
-                    if callback.token in self._emitted or not matcher.matches_message(callback):
+                    if callback.token in self._emitted:
+                        self._claim_copies(batch, [delivery], me)
+                        continue
+                    if not matcher.matches_message(callback):
                         continue
                     if matcher.needs_step_name:
                         step_name = await batch.router.step_name(callback)
@@ -837,6 +874,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                     self._emitted.add(callback.token)
                     await batch.router.mask(callback.token)
                     self.log.info("Callback for %s arrived", callback.pipeline_execution_arn)
+                    await self._hold()
                     yield TriggerEvent(success_event(callback, batch.router.queue_url, None))
                     if once:
                         fired = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ def test_serialize_round_trip() -> None:
         verify=False,
         botocore_config={"retries": {"mode": "standard"}},
         single_event=True,
+        deadline=2_000_000_000.0,
+        not_before=1_900_000_000.0,
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_sm_callback.triggers.callback.SageMakerCallbackTrigger"
@@ -86,6 +89,32 @@ async def test_standalone_run_fires_its_own_callback_and_keeps_it_hidden(
     messages = emulator.queue_messages(callback_queue)
     assert len(messages) == 3
     assert all(m.get("InFlight") for m in messages)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["standalone", "shared-stream"])
+async def test_a_callback_claimed_before_not_before_is_held_until_then(
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str, shared: bool
+) -> None:
+    (arn,) = start_many(emulator, callback_queue, 1)
+    trigger = trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn)
+    trigger.not_before = time.time() + 4
+    started = time.monotonic()
+    if shared:
+        async with SharedStreamHarness(persist_delay=0.5) as harness:
+            harness.add(1, trigger)
+            assert await harness.wait_for_events(1, within=20)
+            (fired,) = harness.events_of(1)
+            payload, held = fired.event.payload, fired.at - started
+            await asyncio.sleep(2)  # the persist confirmation, then the delete
+    else:
+        payload = await first_event(trigger)
+        held = time.monotonic() - started
+    assert payload["callback"]["pipeline_execution_arn"] == arn
+    assert 3.5 <= held < 15
+    # Claimed while held: hidden (standalone) or deleted after the persist (shared), never lost.
+    left = emulator.queue_messages(callback_queue)
+    assert all(m.get("InFlight") for m in left)
+    assert len(left) == (0 if shared else 1)
 
 
 async def test_standalone_watcher_yields_every_callback_and_deletes_after_resume(
@@ -224,6 +253,46 @@ async def test_shared_stream_duplicates_yield_one_result(
     assert len(harness.events) == 1
     assert harness.events[0].event.payload["callback"]["status"] == "Stopping"
     assert emulator.queue_messages(callback_queue) == []
+
+
+@pytest.mark.parametrize("persist", ["persisted", "failed"])
+async def test_shared_stream_deletes_later_copies_but_keeps_the_first_until_persisted(
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str, persist: str
+) -> None:
+    (arn,) = start_many(emulator, callback_queue, 1)
+    (original,) = emulator.queue_messages(callback_queue)
+    sqs = emulator.client("sqs")
+    persisted = persist == "persisted"
+    async with SharedStreamHarness(persist_delay=3.0 if persisted else None, ack_timeout=4.0) as harness:
+        # A bystander keeps the stream (and what it remembers of hand-offs) open throughout.
+        harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
+        harness.add(1, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn))
+        assert await harness.wait_for_events(1, within=20)
+        # A copy arrives after the trigger fired, before its event is persisted: the fired
+        # trigger takes it, and the stream deletes it once the trigger has moved past it.
+        sqs.send_message(QueueUrl=callback_queue, MessageBody=original["Body"])
+        for _ in range(40):
+            await asyncio.sleep(0.25)
+            if len(emulator.queue_messages(callback_queue)) == 1:
+                break
+        assert len(emulator.queue_messages(callback_queue)) == 1
+        if persisted:
+            await asyncio.sleep(4)
+            assert emulator.queue_messages(callback_queue) == []
+        else:
+            # The first event is never persisted (the ack timeout fails its trigger): the first
+            # copy comes back, and the deleted copy did not count as the token's hand-off, so
+            # another waiter still gets it.
+            for _ in range(40):
+                await asyncio.sleep(0.25)
+                if 1 in harness.failures:
+                    break
+            assert 1 in harness.failures
+            harness.add(2, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn))
+            assert await harness.wait_for_events(2, within=30)
+            (again,) = harness.events_of(2)
+            assert again.event.payload["callback"]["message_id"] == original["MessageId"]
+    assert len(harness.events) == (1 if persisted else 2)
 
 
 async def test_shared_stream_idle_is_one_long_poll(
