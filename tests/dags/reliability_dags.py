@@ -1,0 +1,55 @@
+"""DAGs the reliability scenarios run under the real scheduler and triggerer."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+from airflow_sm_callback.callback import CallbackMessage
+from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
+from airflow_sm_callback.sensors.callback import SageMakerCallbackSensor
+
+PARAMS = {"queue_url": Param("", type="string"), "arguments": Param({}, type="object")}
+
+
+@task(retries=3, retry_delay=timedelta(seconds=2))
+def close(callback: dict[str, Any]) -> str:
+    """Close the step with its step_name argument echoed (retried: the emulator may inject errors)."""
+    return SageMakerCallbackHook().send_step_success(
+        callback["token"],
+        {"echo": callback["arguments"].get("step_name", "")},
+        execution_arn=callback["pipeline_execution_arn"],
+    )
+
+
+class DiesAfterReceiving(SageMakerCallbackSensor):
+    """Its first try dies (the whole process) after taking the message, before handing it on."""
+
+    def _hand_on(self, context: Any, callback: CallbackMessage, receipt_handles: Any) -> Any:
+        if context["ti"].try_number == 1:
+            os._exit(137)
+        return super()._hand_on(context, callback, receipt_handles)
+
+
+with DAG(
+    dag_id="rel_worker_dies",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    params=PARAMS,
+    max_active_runs=64,
+):
+    wait = DiesAfterReceiving(
+        task_id="wait",
+        queue_url="{{ params.queue_url }}",
+        arguments="{{ params.arguments }}",
+        poke_interval=1,
+        wait_time_seconds=1,
+        timeout=300,
+        handoff_visibility=10,
+        retries=1,
+        retry_delay=timedelta(seconds=1),
+    )
+    close(wait.output)

@@ -1,0 +1,272 @@
+"""
+Reliability scenarios: real Airflow processes against the emulator, with faults injected.
+
+Each scenario starts ``n`` DAG runs that wait on one queue, each for its own callback (the
+callback's ``run`` argument), injects its fault, and counts what happened from the emulator's
+side: callbacks delivered to their own run and closed, callbacks lost (a run that did not get
+its callback, or a step left open), steps closed twice (more than one close accepted for a
+token), and how long recovery took.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airflow_sm_callback.testing import CallbackEmulator
+from tests.fixtures import unique
+from tests.system.stack import AirflowStack
+
+#: A pipeline whose callback step carries the run number it belongs to.
+DEFINITION: dict[str, Any] = {
+    "Version": "2020-12-01",
+    "Parameters": [
+        {"Name": "Queue", "Type": "String", "DefaultValue": ""},
+        {"Name": "Run", "Type": "Integer", "DefaultValue": 0},
+    ],
+    "Steps": [
+        {
+            "Name": "Score",
+            "Type": "Callback",
+            "Arguments": {
+                "run": {"Get": "Parameters.Run"},
+                "step_name": {"Std:Join": {"On": "-", "Values": ["run", {"Get": "Parameters.Run"}]}},
+            },
+            "SqsQueueUrl": {"Get": "Parameters.Queue"},
+            "OutputParameters": [{"OutputName": "echo", "OutputType": "String"}],
+        }
+    ],
+}
+
+
+@dataclass
+class Outcome:
+    """One row of the reliability table."""
+
+    scenario: str
+    injected: str
+    callbacks: int
+    delivered: int = 0
+    lost: int = 0
+    closed_twice: int = 0
+    recovery_seconds: float | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Batch:
+    """``n`` runs of one DAG waiting on one queue, and the executions that answer them."""
+
+    stack: AirflowStack
+    emulator: CallbackEmulator
+    dag_id: str
+    queue_url: str
+    runs: dict[str, int] = field(default_factory=dict)
+    arns: dict[int, str] = field(default_factory=dict)
+    pipeline: str = field(default_factory=lambda: unique("rel"))
+
+    def trigger(self, n: int) -> None:
+        self.stack.wait_for_dag(self.dag_id)
+        self.emulator.create_pipeline(self.pipeline, DEFINITION)
+        for i in range(n):
+            run_id = f"{unique('rel')}-{i}"
+            self.stack.trigger(self.dag_id, {"queue_url": self.queue_url, "arguments": {"run": i}}, run_id)
+            self.runs[run_id] = i
+
+    def wait_until_waiting(self, state: str = "deferred", within: float = 300) -> None:
+        """Wait until every run's sensor is in ``state``."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            states = [
+                self.stack.task_instances(self.dag_id, run_id).get("wait", {}).get("state")
+                for run_id in self.runs
+            ]
+            if all(s == state for s in states):
+                return
+            time.sleep(1)
+        raise TimeoutError(f"the sensors did not all reach {state!r} within {within:.0f}s")
+
+    def answer(self, duplicate: bool = False) -> float:
+        """Start every execution (each sends its callback); return when the last was sent."""
+        for i in self.runs.values():
+            self.arns[i] = self.emulator.start_execution(self.pipeline, {"Queue": self.queue_url, "Run": i})
+        if duplicate:
+            sqs = self.emulator.client("sqs")
+            for message in self.emulator.queue_messages(self.queue_url):
+                sqs.send_message(QueueUrl=self.queue_url, MessageBody=message["Body"])
+        return time.monotonic()
+
+    def settle(self, outcome: Outcome, since: float, within: float = 600) -> Outcome:
+        """Wait for the runs, then count what reached whom, what was lost and what closed twice."""
+        states = self.stack.wait_for_runs(self.dag_id, list(self.runs), within=within)
+        done_at = time.monotonic()
+        delivered = 0
+        for run_id, i in self.runs.items():
+            if states.get(run_id) != "success":
+                outcome.notes.append(f"run {i} ended {states.get(run_id)}")
+                continue
+            callback = self.stack.xcom(self.dag_id, run_id, "wait")
+            if callback["arguments"].get("run") == i and callback["pipeline_execution_arn"] == self.arns.get(
+                i
+            ):
+                delivered += 1
+            else:
+                outcome.notes.append(f"run {i} got the callback of run {callback['arguments'].get('run')}")
+        open_steps = 0
+        for i, arn in self.arns.items():
+            step = self.emulator.step(arn, "Score")
+            if step["StepStatus"] != "Succeeded":
+                open_steps += 1
+                outcome.notes.append(f"execution of run {i}: step {step['StepStatus']}")
+            elif step["Metadata"]["Callback"]["OutputParameters"] != [{"Name": "echo", "Value": f"run-{i}"}]:
+                outcome.notes.append(f"execution of run {i}: wrong outputs")
+        outcome.delivered = delivered
+        outcome.lost = max(len(self.runs) - delivered, open_steps)
+        outcome.closed_twice = sum(1 for count in self.emulator.accepted_closes().values() if count > 1)
+        outcome.recovery_seconds = round(done_at - since, 1)
+        left = self.emulator.queue_messages(self.queue_url)
+        if left:
+            outcome.notes.append(f"{len(left)} messages left on the queue")
+        return outcome
+
+
+def _timed(run: Callable[[Outcome], Outcome], outcome: Outcome) -> Outcome:
+    started = time.monotonic()
+    try:
+        return run(outcome)
+    finally:
+        outcome.seconds = round(time.monotonic() - started, 1)
+
+
+def triggerer_killed(
+    emulator: CallbackEmulator, stack: AirflowStack, n: int, *, mid_flight: bool = False
+) -> Outcome:
+    """
+    The triggerer is killed (SIGKILL) while ``n`` waits are deferred, then restarted.
+
+    ``mid_flight``: the callbacks are sent first and the triggerer dies a second later, while it
+    is receiving, claiming and persisting them; otherwise it dies before they are sent.
+    """
+    name = "triggerer killed mid-flight" if mid_flight else "triggerer killed while waiting"
+    outcome = Outcome(name, "SIGKILL the triggerer, restart it 5 s later", n)
+
+    def run(outcome: Outcome) -> Outcome:
+        batch = Batch(stack, emulator, "sensor_deferrable", emulator.create_queue(unique("rel")))
+        emulator.reset()
+        batch.trigger(n)
+        batch.wait_until_waiting()
+        if mid_flight:
+            batch.answer()
+            time.sleep(1)
+            stack.kill("triggerer", signal.SIGKILL)
+        else:
+            stack.kill("triggerer", signal.SIGKILL)
+            batch.answer()
+        time.sleep(5)
+        stack.start_component("triggerer")
+        return batch.settle(outcome, since=time.monotonic())
+
+    return _timed(run, outcome)
+
+
+def worker_dies(emulator: CallbackEmulator, stack: AirflowStack, n: int) -> Outcome:
+    """Each sensor's worker dies after taking its message and before handing it on."""
+    outcome = Outcome("worker dies before the hand-off", "os._exit in the sensor after the receive", n)
+
+    def run(outcome: Outcome) -> Outcome:
+        batch = Batch(stack, emulator, "rel_worker_dies", emulator.create_queue(unique("rel")))
+        emulator.reset()
+        batch.trigger(n)
+        sent = batch.answer()
+        return batch.settle(outcome, since=sent)
+
+    return _timed(run, outcome)
+
+
+def aws_errors(emulator: CallbackEmulator, stack: AirflowStack, n: int, seconds: float = 30) -> Outcome:
+    """SQS throttling and 500s, SageMaker throttling and conflicts, for ``seconds``."""
+    outcome = Outcome(
+        "AWS errors",
+        f"{seconds:.0f} s of SQS throttling/500s (p=0.5) and SageMaker throttling; "
+        "ConflictException and ResourceNotFound on the first closes",
+        n,
+    )
+
+    def run(outcome: Outcome) -> Outcome:
+        batch = Batch(stack, emulator, "sensor_deferrable", emulator.create_queue(unique("rel")))
+        emulator.reset()
+        batch.trigger(n)
+        batch.wait_until_waiting()
+        for action, code, status in [
+            ("ReceiveMessage", "ThrottlingException", 400),
+            ("ReceiveMessage", "InternalFailure", 500),
+            ("DeleteMessageBatch", "InternalFailure", 500),
+            ("ChangeMessageVisibilityBatch", "ThrottlingException", 400),
+        ]:
+            emulator.inject_fault(
+                "sqs", action, code=code, http_status=status, seconds=seconds, probability=0.5
+            )
+        emulator.inject_fault(
+            "sagemaker",
+            "ListPipelineExecutionSteps",
+            code="ThrottlingException",
+            seconds=seconds,
+            probability=0.5,
+        )
+        emulator.inject_fault(
+            "sagemaker",
+            "DescribePipelineExecution",
+            code="ThrottlingException",
+            seconds=seconds,
+            probability=0.5,
+        )
+        emulator.inject_fault(
+            "sagemaker", "SendPipelineExecutionStepSuccess", code="ConflictException", count=max(1, n // 2)
+        )
+        emulator.inject_fault(
+            "sagemaker", "SendPipelineExecutionStepSuccess", code="ResourceNotFound", count=max(1, n // 2)
+        )
+        sent = batch.answer()
+        outcome = batch.settle(outcome, since=sent)
+        if stack.processes["triggerer"].poll() is not None:
+            outcome.notes.append("the triggerer exited")
+        return outcome
+
+    return _timed(run, outcome)
+
+
+def duplicates(emulator: CallbackEmulator, stack: AirflowStack, n: int) -> Outcome:
+    """Every callback message delivered twice."""
+    outcome = Outcome("duplicate deliveries", "every message sent twice", n)
+
+    def run(outcome: Outcome) -> Outcome:
+        batch = Batch(stack, emulator, "sensor_deferrable", emulator.create_queue(unique("rel")))
+        emulator.reset()
+        batch.trigger(n)
+        batch.wait_until_waiting()
+        sent = batch.answer(duplicate=True)
+        return batch.settle(outcome, since=sent)
+
+    return _timed(run, outcome)
+
+
+def load(emulator: CallbackEmulator, stack: AirflowStack, n: int, name: str = "load") -> Outcome:
+    """``n`` concurrent runs on one queue, no fault: all must complete with their own callback."""
+    outcome = Outcome(name, "none", n)
+
+    def run(outcome: Outcome) -> Outcome:
+        batch = Batch(stack, emulator, "sensor_deferrable", emulator.create_queue(unique("rel")))
+        emulator.reset()
+        batch.trigger(n)
+        batch.wait_until_waiting(within=900)
+        sent = batch.answer()
+        return batch.settle(outcome, since=sent, within=900)
+
+    return _timed(run, outcome)

@@ -1,0 +1,40 @@
+"""The fast subset of the reliability scenarios (``make reliability`` runs them all, larger)."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_sm_callback.testing import CallbackEmulator
+from tests.reliability import scenarios
+from tests.reliability.scenarios import Outcome
+from tests.system.stack import AirflowStack
+
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("stack")]
+
+
+def assert_nothing_lost(outcome: Outcome) -> None:
+    assert outcome.delivered == outcome.callbacks, outcome.notes
+    assert outcome.lost == 0, outcome.notes
+    assert outcome.closed_twice == 0, outcome.notes
+    assert not outcome.notes, outcome.notes
+
+
+@pytest.mark.parametrize("mid_flight", [False, True], ids=["while-waiting", "mid-flight"])
+def test_triggerer_killed_and_restarted(
+    emulator: CallbackEmulator, stack: AirflowStack, mid_flight: bool
+) -> None:
+    assert_nothing_lost(scenarios.triggerer_killed(emulator, stack, 4, mid_flight=mid_flight))
+
+
+def test_worker_dies_before_the_hand_off(emulator: CallbackEmulator, stack: AirflowStack) -> None:
+    assert_nothing_lost(scenarios.worker_dies(emulator, stack, 2))
+
+
+def test_aws_errors(emulator: CallbackEmulator, stack: AirflowStack) -> None:
+    outcome = scenarios.aws_errors(emulator, stack, 4, seconds=15)
+    assert_nothing_lost(outcome)
+    assert sum(r["status"] >= 400 for r in emulator.requests()) > 0  # faults were really served
+
+
+def test_duplicates(emulator: CallbackEmulator, stack: AirflowStack) -> None:
+    assert_nothing_lost(scenarios.duplicates(emulator, stack, 4))
