@@ -1,0 +1,224 @@
+"""
+Section 3 of the benchmark: the real scheduler, triggerer, DAG processor and API server.
+
+For each DAG of ``bench/dags`` in turn, ``runs`` DAG runs wait, each for its own execution's
+callback, on one queue; once every sensor is deferred the callbacks are sent at once, and the
+time from a callback's send to its sensor task's end (``end_date``, state ``success``) is
+measured, with the SQS requests the emulator served meanwhile. A third DAG, whose deferrable
+``DateTimeSensorAsync`` fires at a set moment, measures Airflow's own part: from the trigger event
+to the succeeded task, with no provider involved.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import urllib.error
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.common import (
+    ROOT,
+    Callbacks,
+    consumer_requests,
+    emulator_process,
+    percentile,
+    prepare_callbacks,
+    send_at_once,
+)
+
+if TYPE_CHECKING:
+    from airflow_sm_callback.testing import CallbackEmulator
+
+sys.path.insert(0, str(ROOT))
+from tests.system.stack import AirflowStack
+
+DAGS_FOLDER = ROOT / "bench" / "dags"
+#: The Airflow settings the run needs (``section__key``), set in the stack's environment.
+SETTINGS = {
+    # Every run active at once, every sensor task startable at once.
+    "core__max_active_runs_per_dag": "64",
+    "core__max_active_tasks_per_dag": "64",
+    # LocalExecutor worker processes: the sensors start (and defer), later resume, in parallel.
+    "core__parallelism": "32",
+    # How many triggers the triggerer runs (Airflow's default, stated).
+    "triggerer__capacity": "1000",
+}
+TASK_ID = "wait"
+
+
+def _epoch(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text).timestamp()
+
+
+def sensor_states(stack: AirflowStack, dag_id: str) -> dict[str, dict[str, Any]]:
+    """run id -> the ``wait`` task instance, for every run of ``dag_id``."""
+    found: dict[str, dict[str, Any]] = {}
+    offset = 0
+    while True:
+        page = stack.request("GET", f"dags/{dag_id}/dagRuns/~/taskInstances?limit=100&offset={offset}")
+        items = page["task_instances"]
+        for ti in items:
+            if ti["task_id"] == TASK_ID:
+                found[ti["dag_run_id"]] = ti
+        offset += len(items)
+        if not items or offset >= page.get("total_entries", 0):
+            return found
+
+
+def wait_for_state(
+    stack: AirflowStack, dag_id: str, run_ids: list[str], states: set[str], within: float
+) -> dict[str, dict[str, Any]]:
+    """Poll until every run's sensor is in one of ``states`` (or ``within`` seconds passed)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            tis = sensor_states(stack, dag_id)
+        except (urllib.error.URLError, TimeoutError, ConnectionError):
+            tis = {}
+        if all(tis.get(r, {}).get("state") in states for r in run_ids) or time.monotonic() > deadline:
+            return tis
+        time.sleep(2)
+
+
+def _figures(latencies: list[float], runs: int, limit: float) -> dict[str, Any]:
+    padded = sorted(latencies) + [math.inf] * (runs - len(latencies))
+    p50, p99 = percentile(padded, 50), percentile(padded, 99)
+    return {
+        "runs": runs,
+        "succeeded": len(latencies),
+        "time_limit_s": limit,
+        "p50_s": None if p50 is None or math.isinf(p50) else p50,
+        "p50_over_limit": p50 is not None and math.isinf(p50),
+        "p99_s": None if p99 is None or math.isinf(p99) else p99,
+        "p99_over_limit": p99 is not None and math.isinf(p99),
+        "max_s": max(latencies) if latencies else None,
+    }
+
+
+def run_callback_dag(
+    stack: AirflowStack,
+    emulator: CallbackEmulator,
+    dag_id: str,
+    callbacks: Callbacks,
+    time_limit: float,
+    settle: float,
+) -> dict[str, Any]:
+    """Runs wait for their callbacks; send them at once; time send -> sensor succeeded."""
+    run_ids = {arn: f"bench-{i:03d}-{int(time.time())}" for i, arn in enumerate(callbacks.bodies)}
+    emulator.clear_requests()
+    for arn, run_id in run_ids.items():
+        stack.trigger(dag_id, {"queue_url": callbacks.queue_url, "execution_arn": arn}, run_id)
+    started = time.monotonic()
+    tis = wait_for_state(stack, dag_id, list(run_ids.values()), {"deferred"}, within=600)
+    deferred = sum(1 for r in run_ids.values() if tis.get(r, {}).get("state") == "deferred")
+    deferred_after = time.monotonic() - started
+    # The triggerer picks new triggers up within a few seconds; let their first polls start.
+    time.sleep(settle)
+    sent = send_at_once(emulator, callbacks)
+    t0 = min(sent.values())
+    tis = wait_for_state(
+        stack, dag_id, list(run_ids.values()), {"success", "failed", "skipped"}, within=time_limit
+    )
+    latencies = []
+    for arn, run_id in run_ids.items():
+        ti = tis.get(run_id, {})
+        end = _epoch(ti.get("end_date"))
+        if ti.get("state") == "success" and end is not None and end - sent[arn] <= time_limit:
+            latencies.append(end - sent[arn])
+    counts = consumer_requests(emulator.request_counts("sqs"))
+    result = _figures(latencies, len(run_ids), time_limit)
+    result.update(
+        {
+            "dag_id": dag_id,
+            "deferred_before_send": deferred,
+            "seconds_to_defer_all": deferred_after,
+            "send_spread_s": max(sent.values()) - t0,
+            "sqs_requests": counts,
+            "sqs_requests_total": sum(counts.values()),
+            "sagemaker_requests": consumer_requests(emulator.request_counts("sagemaker")),
+            "states": _count_states(tis, list(run_ids.values())),
+        }
+    )
+    return result
+
+
+def run_datetime_dag(stack: AirflowStack, runs: int, time_limit: float, lead: float) -> dict[str, Any]:
+    """Airflow's own part: deferrable sensors firing at one moment; time moment -> succeeded."""
+    dag_id = "bench_datetime_sensor"
+    moment = datetime.now(UTC) + timedelta(seconds=lead)
+    run_ids = [f"bench-{i:03d}-{int(time.time())}" for i in range(runs)]
+    for run_id in run_ids:
+        stack.trigger(dag_id, {"target_time": moment.isoformat()}, run_id)
+    tis = wait_for_state(stack, dag_id, run_ids, {"deferred", "success"}, within=lead)
+    deferred = sum(1 for r in run_ids if tis.get(r, {}).get("state") == "deferred")
+    at = moment.timestamp()
+    tis = wait_for_state(
+        stack, dag_id, run_ids, {"success", "failed"}, within=max(0.0, at - time.time()) + time_limit
+    )
+    latencies = []
+    for run_id in run_ids:
+        ti = tis.get(run_id, {})
+        end = _epoch(ti.get("end_date"))
+        if ti.get("state") == "success" and end is not None and end - at <= time_limit:
+            latencies.append(max(0.0, end - at))
+    result = _figures(latencies, runs, time_limit)
+    result.update(
+        {
+            "dag_id": dag_id,
+            "deferred_before_send": deferred,
+            "states": _count_states(tis, run_ids),
+        }
+    )
+    return result
+
+
+def _count_states(tis: dict[str, dict[str, Any]], run_ids: list[str]) -> dict[str, int]:
+    states: dict[str, int] = {}
+    for run_id in run_ids:
+        state = str(tis.get(run_id, {}).get("state"))
+        states[state] = states.get(state, 0) + 1
+    return states
+
+
+def run_e2e(log_dir: Path, runs: int, time_limit: float, settle: float = 10.0) -> dict[str, Any]:
+    """The whole end-to-end section; returns its figures."""
+    with emulator_process(log_dir, "e2e") as running:
+        emulator = running.emulator
+        ours = prepare_callbacks(emulator, "bench-e2e-ours", runs)
+        amazon = prepare_callbacks(emulator, "bench-e2e-amazon", runs)
+        stack = AirflowStack(
+            dags_folder=DAGS_FOLDER,
+            extra_env=emulator.airflow_connection(),
+            settings=SETTINGS,
+        )
+        scenarios: dict[str, Any] = {}
+        started = time.monotonic()
+        with stack:
+            for dag_id in ("bench_datetime_sensor", "bench_callback_sensor", "bench_sqs_sensor"):
+                stack.wait_for_dag(dag_id)
+            startup = time.monotonic() - started
+            # Airflow alone first; the amazon sensors last (runs still waiting at their limit
+            # would poll on beside the others).
+            scenarios["DateTimeSensorAsync (Airflow alone)"] = run_datetime_dag(
+                stack, runs, time_limit, lead=max(90.0, runs * 2.0)
+            )
+            scenarios["SageMakerCallbackSensor"] = run_callback_dag(
+                stack, emulator, "bench_callback_sensor", ours, time_limit, settle
+            )
+            scenarios["SqsSensor"] = run_callback_dag(
+                stack, emulator, "bench_sqs_sensor", amazon, time_limit, settle
+            )
+            (log_dir / "e2e.airflow.log").write_text(stack.logs())
+    return {
+        "runs": runs,
+        "time_limit_s": time_limit,
+        "settle_s": settle,
+        "settings": SETTINGS,
+        "stack_startup_s": startup,
+        "scenarios": scenarios,
+    }
