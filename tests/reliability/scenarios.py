@@ -242,31 +242,28 @@ def aws_errors(emulator: CallbackEmulator, stack: AirflowStack, n: int, seconds:
     return _timed(run, outcome)
 
 
-def duplicates(emulator: CallbackEmulator, stack: AirflowStack, n: int) -> Outcome:
-    """Every callback message delivered twice."""
-    outcome = Outcome("duplicate deliveries", "every message sent twice", n)
+def _waiting_then_answered(
+    emulator: CallbackEmulator, stack: AirflowStack, outcome: Outcome, *, duplicate: bool, within: float
+) -> Outcome:
+    """``outcome.callbacks`` deferred runs on one queue, all waiting before their callbacks are sent."""
 
     def run(outcome: Outcome) -> Outcome:
         batch = Batch(stack, emulator, "sensor_deferrable", emulator.create_queue(unique("rel")))
         emulator.reset()
-        batch.trigger(n)
-        batch.wait_until_waiting()
-        sent = batch.answer(duplicate=True)
-        return batch.settle(outcome, since=sent)
+        batch.trigger(outcome.callbacks)
+        batch.wait_until_waiting(within=within)
+        sent = batch.answer(duplicate=duplicate)
+        return batch.settle(outcome, since=sent, within=within)
 
     return _timed(run, outcome)
+
+
+def duplicates(emulator: CallbackEmulator, stack: AirflowStack, n: int) -> Outcome:
+    """Every callback message delivered twice."""
+    outcome = Outcome("duplicate deliveries", "every message sent twice", n)
+    return _waiting_then_answered(emulator, stack, outcome, duplicate=True, within=600)
 
 
 def load(emulator: CallbackEmulator, stack: AirflowStack, n: int, name: str = "load") -> Outcome:
     """``n`` concurrent runs on one queue, no fault: all must complete with their own callback."""
-    outcome = Outcome(name, "none", n)
-
-    def run(outcome: Outcome) -> Outcome:
-        batch = Batch(stack, emulator, "sensor_deferrable", emulator.create_queue(unique("rel")))
-        emulator.reset()
-        batch.trigger(n)
-        batch.wait_until_waiting(within=900)
-        sent = batch.answer()
-        return batch.settle(outcome, since=sent, within=900)
-
-    return _timed(run, outcome)
+    return _waiting_then_answered(emulator, stack, Outcome(name, "none", n), duplicate=False, within=900)
