@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from airflow_sm_callback.testing import CallbackEmulator
 
 sys.path.insert(0, str(ROOT))
-from tests.system.stack import AirflowStack
+from tests.system.stack import AirflowStack, postgres
 
 DAGS_FOLDER = ROOT / "bench" / "dags"
 #: The Airflow settings the run needs (``section__key``), set in the stack's environment.
@@ -187,7 +187,7 @@ def _count_states(tis: dict[str, dict[str, Any]], run_ids: list[str]) -> dict[st
 
 def run_e2e(log_dir: Path, runs: int, time_limit: float, settle: float = 10.0) -> dict[str, Any]:
     """The whole end-to-end section; returns its figures."""
-    with emulator_process(log_dir, "e2e") as running:
+    with emulator_process(log_dir, "e2e") as running, postgres(55434) as database:
         emulator = running.emulator
         ours = prepare_callbacks(emulator, "bench-e2e-ours", runs)
         amazon = prepare_callbacks(emulator, "bench-e2e-amazon", runs)
@@ -195,6 +195,7 @@ def run_e2e(log_dir: Path, runs: int, time_limit: float, settle: float = 10.0) -
             dags_folder=DAGS_FOLDER,
             extra_env=emulator.airflow_connection(),
             settings=SETTINGS,
+            sql_alchemy_conn=database,
         )
         scenarios: dict[str, Any] = {}
         started = time.monotonic()
@@ -219,6 +220,7 @@ def run_e2e(log_dir: Path, runs: int, time_limit: float, settle: float = 10.0) -
         "time_limit_s": time_limit,
         "settle_s": settle,
         "settings": SETTINGS,
+        "database": "PostgreSQL (scripts/postgres.sh)",
         "stack_startup_s": startup,
         "scenarios": scenarios,
     }

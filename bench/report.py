@@ -279,6 +279,12 @@ def write_doc(path: Path, payload: dict[str, Any]) -> None:
         f"{payload.get('load_average_at_end')}._",
     ]
     trigger_level = payload.get("trigger_level")
+    earlier = payload.get("trigger_level_from")
+    if trigger_level and earlier:
+        parts.append(
+            f"_The trigger-level figures are those of `{earlier['command']}` started at "
+            f"{earlier['started_at']}, on the same machine._"
+        )
     if trigger_level:
         parts += [
             "### Targets (this project's trigger)",

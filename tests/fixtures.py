@@ -101,12 +101,35 @@ def events_queue(sagemaker_callback_emulator: CallbackEmulator) -> str:
     return sagemaker_callback_emulator.create_queue(unique("events"))
 
 
+def _one_stack_per_test_run() -> None:
+    """
+    Under pytest-xdist, fail if another worker of this test run already started a stack: two
+    stacks on two CPUs make every real-process test slow and flaky. It happens when
+    ``--dist loadgroup`` stops honouring ``xdist_group`` (pytest 9.2 with pytest-xdist 3.8).
+    """
+    run, worker = os.environ.get("PYTEST_XDIST_TESTRUNUID"), os.environ.get("PYTEST_XDIST_WORKER")
+    if not run or not worker:
+        return
+    marker = Path(tempfile.gettempdir()) / f"airflow-sm-callback-stack-{run}"
+    try:
+        with marker.open("x") as claim:
+            claim.write(worker)
+    except FileExistsError:
+        owner = marker.read_text()
+        if owner != worker:
+            pytest.fail(
+                f"the tests that share the Airflow stack run on two workers ({owner} and {worker}): "
+                "`--dist loadgroup` is not grouping them (see the pytest pin in pyproject.toml)"
+            )
+
+
 @pytest.fixture(scope="session")
 def stack(sagemaker_callback_emulator: CallbackEmulator, events_queue: str) -> Iterator[AirflowStack]:
     """
     Scheduler, triggerer, DAG processor and API server serving the test DAGs and the examples,
     started on first use and shared by the session (tests using it share an xdist group).
     """
+    _one_stack_per_test_run()
     dags = Path(tempfile.mkdtemp(prefix="stack-dags-"))
     for source in [
         *sorted((ROOT / "tests" / "dags").glob("*.py")),

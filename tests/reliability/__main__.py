@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.reliability import scenarios
 from tests.reliability.scenarios import Outcome
-from tests.system.stack import ROOT, AirflowStack
+from tests.system.stack import ROOT, AirflowStack, postgres
 
 RESULTS = ROOT / "tests" / "reliability" / "results"
 DOC = ROOT / "docs" / "reliability.md"
@@ -57,20 +56,6 @@ def stack_on(
         yield stack
     finally:
         stack.stop()
-
-
-@contextmanager
-def postgres() -> Iterator[str]:
-    directory = Path(tempfile.mkdtemp(prefix="reliability-pg-"))
-    directory.chmod(0o755)
-    script = ROOT / "scripts" / "postgres.sh"
-    url = subprocess.run(
-        [str(script), "start", str(directory / "pg"), "55433"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    try:
-        yield url
-    finally:
-        subprocess.run([str(script), "stop", str(directory / "pg")], check=False, capture_output=True)
 
 
 def run(quick: bool) -> list[Outcome]:

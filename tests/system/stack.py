@@ -16,6 +16,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def postgres(port: int = 55433) -> Iterator[str]:
+    """
+    A throwaway PostgreSQL server (``scripts/postgres.sh``, Debian's package); yields its
+    SQLAlchemy URL. Several triggerers need its row locks, and many concurrent task starts
+    need more than one writer at a time.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="airflow-pg-"))
+    directory.chmod(0o755)  # the server runs as the postgres user when started by root
+    script = ROOT / "scripts" / "postgres.sh"
+    url = subprocess.run(
+        [str(script), "start", str(directory / "pg"), str(port)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        yield url
+    finally:
+        subprocess.run([str(script), "stop", str(directory / "pg")], check=False, capture_output=True)
 
 
 @dataclass
@@ -166,6 +187,8 @@ class AirflowStack:
                     text = response.read()
                 return json.loads(text) if text else None
             except urllib.error.HTTPError as err:
+                if err.code == 409 and method == "POST" and attempt > 0:
+                    return None  # the attempt that timed out went through after all
                 if err.code < 500 or attempt == attempts - 1:
                     raise
             except TimeoutError:
