@@ -96,14 +96,15 @@ def write(outcomes: list[Outcome], started: float) -> None:
         json.dumps({"machine": machine, "outcomes": [o.as_dict() for o in outcomes]}, indent=2) + "\n"
     )
     rows = [
-        "| scenario | injected | callbacks | delivered | lost | closed twice | recovery (s) | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| scenario | injected | callbacks | delivered | lost | closed twice | recovery (s) "
+        "| stale messages left, deleted by the next receive | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for o in outcomes:
         notes = "; ".join(o.notes) or ""
         rows.append(
             f"| {o.scenario} | {o.injected} | {o.callbacks} | {o.delivered} | {o.lost} | {o.closed_twice} "
-            f"| {o.recovery_seconds if o.recovery_seconds is not None else ''} | {notes} |"
+            f"| {o.recovery_seconds if o.recovery_seconds is not None else ''} | {o.stale_swept} | {notes} |"
         )
     table = "\n".join(rows)
     text = DOC.read_text() if DOC.exists() else ""

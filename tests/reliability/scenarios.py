@@ -10,12 +10,15 @@ token), and how long recovery took.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from airflow_sm_callback.callback import CallbackMatcher
+from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.fixtures import unique
 from tests.system.stack import AirflowStack
@@ -53,6 +56,9 @@ class Outcome:
     lost: int = 0
     closed_twice: int = 0
     recovery_seconds: float | None = None
+    #: Messages left on the queue once every run ended, all of closed steps (a delete that an
+    #: injected error failed), and deleted by the next receive of any waiter.
+    stale_swept: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -133,8 +139,35 @@ class Batch:
         outcome.recovery_seconds = round(done_at - since, 1)
         left = self.emulator.queue_messages(self.queue_url)
         if left:
-            outcome.notes.append(f"{len(left)} messages left on the queue")
+            outcome.stale_swept = self.sweep()
+            left = self.emulator.queue_messages(self.queue_url)
+            if left:
+                outcome.notes.append(f"{len(left)} messages left on the queue")
         return outcome
+
+    def sweep(self, within: float = 150) -> int:
+        """
+        Receive as the next waiter on the queue would, wanting none of the callbacks: messages
+        whose step is closed are deleted, any other is handed back. Returns how many were deleted.
+        """
+        before = len(self.emulator.queue_messages(self.queue_url))
+        env = self.emulator.airflow_connection("reliability_sweep")
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        try:
+            hook = SageMakerCallbackHook(aws_conn_id="reliability_sweep")
+            nobody = CallbackMatcher(pipeline_name="nobody-waits-for-this")
+            deadline = time.monotonic() + within
+            while self.emulator.queue_messages(self.queue_url) and time.monotonic() < deadline:
+                hook.poll_for_callback(self.queue_url, nobody, wait_time_seconds=1, max_lookups=10)
+                time.sleep(1)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        return before - len(self.emulator.queue_messages(self.queue_url))
 
 
 def _timed(run: Callable[[Outcome], Outcome], outcome: Outcome) -> Outcome:
