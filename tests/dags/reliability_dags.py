@@ -47,7 +47,10 @@ with DAG(
         arguments="{{ params.arguments }}",
         poke_interval=1,
         wait_time_seconds=1,
-        timeout=300,
+        # Poke-mode waits compete for the queue: a message the other runs' sensors handed back
+        # is hidden up to 60 s between receives, and its own retried sensor gets it on about one
+        # receive in as many as are polling (see README, "Many runs, one queue").
+        timeout=900,
         handoff_visibility=10,
         retries=1,
         retry_delay=timedelta(seconds=1),
