@@ -56,3 +56,23 @@ with DAG(
         retry_delay=timedelta(seconds=1),
     )
     close(wait.output)
+
+
+with DAG(
+    dag_id="rel_deferrable",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    params=PARAMS,
+    max_active_runs=256,
+):
+    # As a production DAG would be: a wait long enough for hundreds of runs to start, and a
+    # closing task with retries (the emulator may answer errors to the closes).
+    close(
+        SageMakerCallbackSensor(
+            task_id="wait",
+            queue_url="{{ params.queue_url }}",
+            arguments="{{ params.arguments }}",
+            deferrable=True,
+            timeout=1800,
+        ).output
+    )

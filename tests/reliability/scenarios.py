@@ -233,7 +233,7 @@ def aws_errors(emulator: CallbackEmulator, stack: AirflowStack, n: int, seconds:
     )
 
     def run(outcome: Outcome) -> Outcome:
-        batch = Batch(stack, emulator, "sensor_deferrable", emulator.create_queue(unique("rel")))
+        batch = Batch(stack, emulator, "rel_deferrable", emulator.create_queue(unique("rel")))
         emulator.reset()
         batch.trigger(n)
         batch.wait_until_waiting()
@@ -281,7 +281,7 @@ def _waiting_then_answered(
     """``outcome.callbacks`` deferred runs on one queue, all waiting before their callbacks are sent."""
 
     def run(outcome: Outcome) -> Outcome:
-        batch = Batch(stack, emulator, "sensor_deferrable", emulator.create_queue(unique("rel")))
+        batch = Batch(stack, emulator, "rel_deferrable", emulator.create_queue(unique("rel")))
         emulator.reset()
         batch.trigger(outcome.callbacks)
         batch.wait_until_waiting(within=within)
