@@ -237,3 +237,19 @@ def percentile(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
+
+
+def latency_figures(latencies: list[float], n: int, prefix: str = "") -> dict[str, Any]:
+    """
+    p50, p99 and max of ``latencies`` for ``n`` waits, those that did not fire within the limit
+    counting as later than every one that did (``None`` with ``..._over_limit`` set).
+    """
+    padded = sorted(latencies) + [math.inf] * (n - len(latencies))
+    figures: dict[str, Any] = {}
+    for name, q in (("p50", 50), ("p99", 99)):
+        value = percentile(padded, q)
+        over = value is not None and math.isinf(value)
+        figures[f"{prefix}{name}_s"] = None if value is None or over else value
+        figures[f"{prefix}{name}_over_limit"] = over
+    figures[f"{prefix}max_s"] = max(latencies) if latencies else None
+    return figures

@@ -11,7 +11,6 @@ to the succeeded task, with no provider involved.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 import urllib.error
@@ -24,7 +23,7 @@ from bench.common import (
     Callbacks,
     consumer_requests,
     emulator_process,
-    percentile,
+    latency_figures,
     prepare_callbacks,
     send_at_once,
 )
@@ -86,17 +85,11 @@ def wait_for_state(
 
 
 def _figures(latencies: list[float], runs: int, limit: float) -> dict[str, Any]:
-    padded = sorted(latencies) + [math.inf] * (runs - len(latencies))
-    p50, p99 = percentile(padded, 50), percentile(padded, 99)
     return {
         "runs": runs,
         "succeeded": len(latencies),
         "time_limit_s": limit,
-        "p50_s": None if p50 is None or math.isinf(p50) else p50,
-        "p50_over_limit": p50 is not None and math.isinf(p50),
-        "p99_s": None if p99 is None or math.isinf(p99) else p99,
-        "p99_over_limit": p99 is not None and math.isinf(p99),
-        "max_s": max(latencies) if latencies else None,
+        **latency_figures(latencies, runs),
     }
 
 

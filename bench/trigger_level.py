@@ -8,7 +8,6 @@ Each scenario runs in its own emulator process and its own waiting process
 from __future__ import annotations
 
 import json
-import math
 import queue
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from bench.common import (
     base_env,
     consumer_requests,
     emulator_process,
-    percentile,
+    latency_figures,
     prepare_callbacks,
     send_at_once,
 )
@@ -196,20 +195,12 @@ def figures(raw: dict[str, Any], baseline_kb: int | None) -> dict[str, Any]:
     if scenario["mode"] == "burst":
         sent = raw["sent"]
         latencies = sorted(fired[arn] - sent[arn] for arn in fired if fired[arn] - sent[arn] <= limit)
-        # A wait that did not fire within the limit counts as later than every one that did.
-        padded = latencies + [math.inf] * (n - len(latencies))
         total = sum(raw["sqs_requests"].values())
-        p50, p99 = percentile(padded, 50), percentile(padded, 99)
         out.update(
             {
                 "fired": len(latencies),
                 "time_limit_s": limit,
-                # ``None`` with ``..._over_limit``: later than the time limit.
-                "latency_p50_s": None if p50 is None or math.isinf(p50) else p50,
-                "latency_p50_over_limit": p50 is not None and math.isinf(p50),
-                "latency_p99_s": None if p99 is None or math.isinf(p99) else p99,
-                "latency_p99_over_limit": p99 is not None and math.isinf(p99),
-                "latency_max_s": max(latencies) if latencies else None,
+                **latency_figures(latencies, n, prefix="latency_"),
                 "sqs_requests_total": total,
                 "sqs_requests_per_callback": total / len(latencies) if latencies else None,
             }
