@@ -104,7 +104,9 @@ class Worker:
             self.process.wait(timeout=30)
 
 
-def run_scenario(scenario: Scenario, log_dir: Path, persist_delay: float) -> dict[str, Any]:
+def run_scenario(
+    scenario: Scenario, log_dir: Path, persist_delay: float, resume_delay: float = 1.0
+) -> dict[str, Any]:
     """Run one scenario; return its raw figures."""
     with emulator_process(log_dir, scenario.name) as running, CpuSampler(running.pid) as emulator_cpu:
         emulator = running.emulator
@@ -122,6 +124,7 @@ def run_scenario(scenario: Scenario, log_dir: Path, persist_delay: float) -> dic
             "endpoint_url": emulator.endpoint_url,
             "time_limit": scenario.time_limit,
             "persist_delay": persist_delay,
+            "resume_delay": resume_delay,
         }
         with (log_dir / f"{scenario.name}.worker.log").open("wb") as log:
             worker = Worker(env, log)
@@ -164,6 +167,7 @@ def run_scenario(scenario: Scenario, log_dir: Path, persist_delay: float) -> dic
         "idle_window_s": idle_window,
         "messages_left": left,
         "worker_cpu_s": result.get("burst_cpu_s"),
+        "task_deletes": result.get("task_deletes", 0),
         "emulator_cpu_s": emulator_cpu.between(min(sent.values()), max(result["fired"].values()))
         if sent and result["fired"]
         else None,
@@ -196,6 +200,9 @@ def figures(raw: dict[str, Any], baseline_kb: int | None) -> dict[str, Any]:
         sent = raw["sent"]
         latencies = sorted(fired[arn] - sent[arn] for arn in fired if fired[arn] - sent[arn] <= limit)
         total = sum(raw["sqs_requests"].values())
+        # The resumed tasks' deletes, one request per callback (ours only); the rest is the
+        # waiting process's (the triggerer's) own.
+        task_deletes = raw.get("task_deletes", 0)
         out.update(
             {
                 "fired": len(latencies),
@@ -203,6 +210,10 @@ def figures(raw: dict[str, Any], baseline_kb: int | None) -> dict[str, Any]:
                 **latency_figures(latencies, n, prefix="latency_"),
                 "sqs_requests_total": total,
                 "sqs_requests_per_callback": total / len(latencies) if latencies else None,
+                "task_deletes": task_deletes,
+                "sqs_requests_per_callback_waiting": (
+                    (total - task_deletes) / len(latencies) if latencies else None
+                ),
             }
         )
     else:

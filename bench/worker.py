@@ -16,7 +16,9 @@ The waits:
 * ``ours``: :class:`~airflow_sm_callback.triggers.callback.SageMakerCallbackTrigger`, one per
   execution, through Airflow's ``SharedStreamManager`` as the triggerer runs them
   (:class:`~airflow_sm_callback.testing.triggerer.SharedStreamHarness`), each event confirmed
-  persisted ``persist_delay`` seconds after it fired;
+  persisted ``persist_delay`` seconds after it fired; ``resume_delay`` seconds later the
+  resumed task's part deletes the event's messages (one ``DeleteMessageBatch`` per callback,
+  as the sensor's ``execute_complete`` does), so that every request a callback costs is counted;
 * ``amazon`` / ``amazon-vis0``: the amazon provider's ``SqsSensorTrigger``, one ``run()`` task
   per wait in this event loop, as one triggerer runs triggers without a shared stream.
 """
@@ -131,7 +133,10 @@ async def run_ours(config: dict[str, Any], lag: LagMonitor) -> dict[str, Any]:
     started = time.monotonic()
     to_epoch = time.time() - time.monotonic()
     fired: dict[str, float] = {}
-    async with SharedStreamHarness(persist_delay=config["persist_delay"], ack_timeout=300.0) as harness:
+    task_deletes = 0
+    async with SharedStreamHarness(
+        persist_delay=config["persist_delay"], ack_timeout=300.0, resume_delay=config["resume_delay"]
+    ) as harness:
         for i, arn in enumerate(arns):
             # As the sensor defers it: one execution, fire once, a deadline (its default timeout).
             trigger = SageMakerCallbackTrigger(
@@ -158,15 +163,18 @@ async def run_ours(config: dict[str, Any], lag: LagMonitor) -> dict[str, Any]:
                 if payload.get("status") == "success":
                     arn = payload["callback"]["pipeline_execution_arn"]
                     fired.setdefault(arn, event.at + to_epoch)
-            # Let the persist confirmations and the deletes they allow finish.
+            # Let the persist confirmations, the advances and the tasks' deletes finish.
             emulator = CallbackEmulator.connect(config["endpoint_url"])
-            drain_until = time.monotonic() + config["persist_delay"] + 15
+            drain_until = time.monotonic() + config["persist_delay"] + config["resume_delay"] + 30
             while time.monotonic() < drain_until:
                 await asyncio.sleep(0.5)
                 if not emulator.queue_messages(queue_url):
                     break
+            with contextlib.suppress(TimeoutError):
+                await harness.wait_for_resumes(within=max(1.0, drain_until - time.monotonic()))
+            task_deletes = sum(1 for event in harness.events if event.completed_at is not None)
         failures = {str(k): repr(v) for k, v in harness.failures.items()}
-    return {"fired": fired, "failures": failures, "burst_cpu_s": burst_cpu}
+    return {"fired": fired, "failures": failures, "burst_cpu_s": burst_cpu, "task_deletes": task_deletes}
 
 
 async def run_amazon(config: dict[str, Any], lag: LagMonitor) -> dict[str, Any]:

@@ -69,8 +69,10 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
     execution is stopped so no step opens later with nobody waiting. Both need
     ``pipeline_execution_arn``.
 
-    A retried or cleared run (try number above 1) whose message is already gone finds its
-    token with ``ListPipelineExecutionSteps`` when the execution is known.
+    A retried or cleared run (try number above 1), or a deferrable sensor that Airflow
+    restarted without its trigger event, finds its token with ``ListPipelineExecutionSteps``
+    when the execution is known; otherwise its callback's message, kept hidden until the task
+    deletes it, comes back when ``handoff_visibility`` ends (at once in the same triggerer).
 
     :param queue_url: the SQS queue the callback step sends to. (templated)
     :param pipeline_execution_arn: wait for a callback of this execution. (templated)
@@ -89,7 +91,9 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
     :param wait_time_seconds: long-poll time of one receive in poke and reschedule mode (default
         20 in poke mode, 5 in reschedule mode).
     :param handoff_visibility: seconds the matched message stays hidden while it is handed to
-        the task (deferrable mode without a shared stream; also bounds a poke's hand-off).
+        the task: from the trigger event to ``execute_complete`` in deferrable mode, from the
+        receive to the XCom push in poke mode. A task that Airflow restarts without its event
+        (and that cannot recover the token from the execution) receives it again after this.
     :param aws_conn_id: The Airflow connection used for AWS credentials. (templated)
     :param region_name: AWS region; defaults to the connection's. (templated)
     :param verify: Whether to verify SSL certificates. (templated)
@@ -232,7 +236,13 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         return self._hand_on(context, claim.callback, claim.receipt_handles)
 
     def execute_complete(self, context: Context, event: dict[str, Any], deadline: float | None = None) -> Any:
-        """Take the trigger's event: hand the callback on, then delete its messages (standalone path)."""
+        """
+        Take the trigger's event: hand the callback on, then delete its messages.
+
+        The event carries the receipt handles of the callback's messages, which stay hidden
+        (``handoff_visibility``) until this deletes them after the XCom push, so that a task
+        that Airflow restarts without its event still finds its callback.
+        """
         if not isinstance(event, dict) or event.get("status") not in ("success", "error", "timeout"):
             raise AirflowException(f"unexpected trigger event: {event!r}")
         if event["status"] == "error":
@@ -374,10 +384,19 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
                 found.append(callback)
         return found, bool(steps)
 
+    def _restarted(self, context: Context) -> bool:
+        """
+        Whether this start may follow an earlier one that already took the callback: a retry or
+        a cleared run (try above 1), or a deferrable sensor that Airflow rescheduled (it does so
+        when a task fails to start, and a resumed task then starts again without its event).
+        """
+        if (getattr(context["ti"], "try_number", 1) or 1) > 1:
+            return True
+        return self.deferrable and int(context.get("task_reschedule_count", 0) or 0) > 0
+
     def _recover(self, context: Context, matcher: CallbackMatcher) -> dict[str, Any] | None:
-        """On a retry or a cleared run, find the open callback step's token without the queue."""
-        ti = context["ti"]
-        if not matcher.pipeline_execution_arn or (getattr(ti, "try_number", 1) or 1) <= 1:
+        """On a retry, a cleared run or a restart, find the open callback step's token without the queue."""
+        if not matcher.pipeline_execution_arn or not self._restarted(context):
             return None
         try:
             found, _ = self._open_callbacks(matcher)

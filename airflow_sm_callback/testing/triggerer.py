@@ -6,8 +6,11 @@ Run event triggers the way Airflow's triggerer runs shared streams, without a tr
 ``filter_shared_stream``, binds every event they fire to its raw event and confirms it
 persisted after ``persist_delay`` seconds, which stands for the metadata database write (in a
 triggerer the confirmation arrives on the next state sync). A trigger that fires once is then
-cancelled, as the triggerer cancels a task's trigger once the task resumes. Used by the tests and
-the benchmark; useful to test your own DAGs' triggers offline.
+cancelled, as the triggerer cancels a task's trigger once the task resumes. With ``resume_delay``
+it also plays the resumed task's part for :class:`SageMakerCallbackTrigger` events: that many
+seconds after the persist it deletes the messages whose receipt handles the event carries, as
+the sensor's ``execute_complete`` does once the callback is in XCom. Used by the tests and the
+benchmark; useful to test your own DAGs' triggers offline.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.shared_stream import SharedStreamManager
+
+from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 
 if TYPE_CHECKING:
     from airflow.triggers.base import BaseEventTrigger, TriggerEvent
@@ -32,6 +37,8 @@ class FiredEvent:
     event: TriggerEvent
     at: float
     persisted_at: float | None = None
+    #: When the resumed task's part deleted the event's messages (``resume_delay``).
+    completed_at: float | None = None
 
 
 @dataclass
@@ -40,6 +47,13 @@ class _Running:
     key: Hashable
     task: asyncio.Task[None]
     events: list[FiredEvent] = field(default_factory=list)
+
+
+def _handles(event: TriggerEvent) -> list[str]:
+    payload = event.payload if isinstance(event.payload, dict) else {}
+    if payload.get("status") != "success":
+        return []
+    return list(payload.get("receipt_handles") or [])
 
 
 class SharedStreamHarness:
@@ -51,6 +65,9 @@ class SharedStreamHarness:
     :param cancel_after_fire: seconds after the confirmation at which a trigger that fires once is
         cancelled (the triggerer's next sync).
     :param ack_timeout: the manager's per-event ack timeout (``[triggerer] shared_stream_ack_timeout``).
+    :param resume_delay: seconds after the persist confirmation at which the resumed task's part
+        deletes the messages a ``SageMakerCallbackTrigger`` event carries (``None``: never, as
+        when the task does not resume).
     """
 
     def __init__(
@@ -60,14 +77,18 @@ class SharedStreamHarness:
         cancel_after_fire: float = 0.2,
         ack_timeout: float = 300.0,
         max_subscriber_queue: int = 1024,
+        resume_delay: float | None = None,
     ) -> None:
         self.manager = SharedStreamManager(ack_timeout=ack_timeout, max_subscriber_queue=max_subscriber_queue)
         self.persist_delay = persist_delay
         self.cancel_after_fire = cancel_after_fire
+        self.resume_delay = resume_delay
         self.events: list[FiredEvent] = []
         self.failures: dict[int, BaseException] = {}
         self._running: dict[int, _Running] = {}
         self._fired = asyncio.Event()
+        self._hooks: dict[Hashable, SageMakerCallbackHook] = {}
+        self._resumes: set[asyncio.Task[None]] = set()
 
     def add(self, trigger_id: int, trigger: BaseEventTrigger, *, fires_once: bool = True) -> None:
         """Start a trigger (``filter_shared_stream`` on its shared stream)."""
@@ -93,6 +114,8 @@ class SharedStreamHarness:
                     loop.call_later(self.persist_delay, self._confirm, fired, seq)
                     if fires_once:
                         loop.call_later(self.persist_delay + self.cancel_after_fire, self._cancel, trigger_id)
+                    if self.resume_delay is not None and _handles(event):
+                        loop.call_later(self.persist_delay + self.resume_delay, self._resume, trigger, fired)
         except asyncio.CancelledError:
             raise
         except BaseException as err:
@@ -104,6 +127,36 @@ class SharedStreamHarness:
         fired.persisted_at = time.monotonic()
         if seq is not None:
             self.manager.confirm_persisted([seq])
+
+    def _resume(self, trigger: BaseEventTrigger, fired: FiredEvent) -> None:
+        task = asyncio.create_task(self._complete(trigger, fired))
+        self._resumes.add(task)
+        task.add_done_callback(self._resumes.discard)
+
+    async def _complete(self, trigger: BaseEventTrigger, fired: FiredEvent) -> None:
+        """The resumed task's part: delete the messages the event carries (one request, as the task)."""
+        key = trigger.shared_stream_key()
+        hook = self._hooks.get(key)
+        if hook is None:
+            hook = self._hooks[key] = SageMakerCallbackHook(
+                aws_conn_id=getattr(trigger, "aws_conn_id", "aws_default"),
+                region_name=getattr(trigger, "region_name", None),
+                verify=getattr(trigger, "verify", None),
+                config=getattr(trigger, "botocore_config", None),
+            )
+        payload = fired.event.payload
+        await hook.complete_handoff_async(payload["queue_url"], _handles(fired.event))
+        fired.completed_at = time.monotonic()
+
+    async def wait_for_resumes(self, within: float = 30) -> None:
+        """Wait until the resumed tasks' deletes scheduled so far are done."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            pending = [f for f in self.events if _handles(f.event) and f.completed_at is None]
+            if not pending or self.resume_delay is None:
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"the resumed tasks' deletes did not finish within {within:.0f}s")
 
     def _cancel(self, trigger_id: int) -> None:
         running = self._running.get(trigger_id)
@@ -142,7 +195,11 @@ class SharedStreamHarness:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._resumes, return_exceptions=True)
         await self.manager.stop_all()
+        for hook in self._hooks.values():
+            await hook.aclose()
+        self._hooks.clear()
 
     async def __aenter__(self) -> SharedStreamHarness:
         return self

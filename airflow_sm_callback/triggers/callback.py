@@ -9,11 +9,18 @@ Two ways to run, the same guarantees:
   to the triggers; each trigger's filter *claims* the deliveries it wants (the first claim wins)
   and yields one event per claim (the claims of one batch register their tokens with the secrets
   masker together: the masker recompiles one regex of every secret per registration). When
-  every trigger has moved past a batch and the claimed
-  events are persisted, Airflow calls :meth:`CallbackStreamProducer.advance`, which deletes the
-  claimed messages, deletes messages whose step is known closed, and hands every other message
-  back. A claim whose outcome is not clean (a persist that failed, a trigger that timed out) is
-  handed back at once, never deleted.
+  every trigger has moved past a batch and the claimed events are persisted, Airflow calls
+  :meth:`CallbackStreamProducer.advance`. A task's claimed messages then stay hidden for the
+  trigger's ``handoff_visibility`` and their receipt handles travel in the event: the task
+  deletes them in ``execute_complete`` once the callback is in XCom, because Airflow may drop a
+  persisted event (it restarts a resumed task from scratch after a startup failure). An
+  ``AssetWatcher``'s claimed messages are deleted at once (the asset event is the durable
+  hand-off). Messages whose step is known closed, and later copies of a token already handed
+  on, are deleted; every other message is handed back. A claim whose outcome is not clean (a
+  persist that failed, a trigger that timed out) is handed back at once, never deleted.
+* **A task restarted without its event** defers again; in the same triggerer its new trigger
+  takes the hand-off its task was given at once (:class:`HandOffLedger`), elsewhere it receives
+  the message again when its ``handoff_visibility`` ends.
 * **Standalone** :meth:`SageMakerCallbackTrigger.run` (``airflow dags test``, or when the
   triggerer cannot share). The trigger polls on its own, keeps the claimed messages hidden for
   ``handoff_visibility`` seconds and puts their receipt handles in the event; the task deletes
@@ -29,7 +36,7 @@ import json
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -104,9 +111,9 @@ def success_event(
     """
     The payload of the event a trigger fires for a callback.
 
-    ``receipt_handles`` is set on the standalone path: the task deletes those messages after it
-    pushed the callback to XCom. On the shared stream the producer deletes them once the event is
-    persisted, and it is ``None``.
+    ``receipt_handles`` is set for a task's trigger: the task deletes those messages after it
+    pushed the callback to XCom. It is ``None`` for an ``AssetWatcher`` on the shared stream,
+    whose messages the producer deletes once the asset event is persisted.
     """
     return {
         "status": "success",
@@ -245,9 +252,13 @@ class Delivery:
     callback: CallbackMessage
     receipt_handles: list[str]
     receive_count: int
+    message_ids: list[str] = field(default_factory=list)
     claimed_by: int | None = None
-    #: Set by the producer when the token was already handed on in this process.
-    duplicate: bool = False
+    #: Set by the claimer: seconds the messages stay hidden once the event is persisted, until
+    #: the task deletes them; ``None`` deletes them then (an ``AssetWatcher``'s asset event).
+    hold: int | None = None
+    #: The task instance the claim is handed to (see :class:`HandOffLedger`).
+    owner: str | None = None
     #: Claimed as a further copy of a callback its claimer fired from an earlier batch: deleted
     #: when the batch is done, but it does not count as the hand-off of the token.
     copy: bool = False
@@ -261,6 +272,8 @@ class CallbackBatch:
     deliveries: list[Delivery]
     invalid: list[UnparsedMessage]
     router: _Router
+    #: Receipt handles of further copies of tokens already handed on (other message ids): deleted.
+    redundant: list[str] = field(default_factory=list)
     received_at: float = field(default_factory=time.monotonic)
     _by_execution: dict[str, list[Delivery]] | None = field(default=None, repr=False)
 
@@ -280,10 +293,113 @@ class CallbackBatch:
 
     def claim(self, delivery: Delivery, claimer: int) -> bool:
         """Claim ``delivery`` for ``claimer``; only the first claim wins."""
-        if delivery.claimed_by is not None or delivery.duplicate:
+        if delivery.claimed_by is not None:
             return False
         delivery.claimed_by = claimer
         return True
+
+
+@dataclass(slots=True)
+class HandOff:
+    """A callback a shared stream handed to a task, whose messages stay hidden until it deletes them."""
+
+    callback: CallbackMessage
+    receipt_handles: list[str]
+    message_ids: frozenset[str]
+    owner: str
+
+
+class HandOffLedger:
+    """
+    What the shared streams of one process on one queue and connection handed on.
+
+    * **Tokens** (the last ``max_tokens``) with the message ids that carried them: a later
+      message of such a token with another id is a copy (SQS delivers at least once; the
+      ``Stopping`` message follows the ``Executing`` one), deleted; the original itself may
+      come back (its task is slow, or was restarted) and is never taken for a copy.
+    * **Hand-offs** to tasks (the last ``max_owners``), by task instance: Airflow restarts a
+      resumed task from scratch when it cannot start it (the DAG file failed to import, for
+      example), dropping the event; the restarted task defers again, and its new trigger takes
+      its hand-off from here at once (once), instead of waiting for the message to come back.
+
+    It outlives the producer (a stream stops when its last trigger leaves), not the process.
+    """
+
+    def __init__(self, max_tokens: int = 50_000, max_owners: int = 10_000) -> None:
+        self._tokens: OrderedDict[str, tuple[frozenset[str], str | None]] = OrderedDict()
+        self._handoffs: OrderedDict[str, HandOff] = OrderedDict()
+        self._max_tokens = max_tokens
+        self._max_owners = max_owners
+
+    def record(self, delivery: Delivery) -> None:
+        """Remember a claim whose event was persisted."""
+        token = delivery.callback.token
+        self._tokens[token] = (frozenset(delivery.message_ids), delivery.owner)
+        self._tokens.move_to_end(token)
+        if len(self._tokens) > self._max_tokens:
+            self._tokens.popitem(last=False)
+        if delivery.owner is not None and delivery.hold is not None:
+            self._handoffs[delivery.owner] = HandOff(
+                delivery.callback,
+                list(delivery.receipt_handles),
+                frozenset(delivery.message_ids),
+                delivery.owner,
+            )
+            self._handoffs.move_to_end(delivery.owner)
+            if len(self._handoffs) > self._max_owners:
+                self._handoffs.popitem(last=False)
+
+    def handed_on(self, token: str) -> bool:
+        """Whether the token was handed on through this process's stream."""
+        return token in self._tokens
+
+    def is_copy(self, token: str, message_id: str | None) -> bool:
+        """Whether a message is a further copy of a token handed on (not its original message)."""
+        known = self._tokens.get(token)
+        return known is not None and message_id is not None and message_id not in known[0]
+
+    def came_back(self, token: str, receipt_handles: Sequence[str]) -> None:
+        """The original message of a hand-off was received again: its new receipt handles."""
+        known = self._tokens.get(token)
+        handoff = self._handoffs.get(known[1]) if known and known[1] else None
+        if handoff is not None and handoff.callback.token == token:
+            handoff.receipt_handles = list(receipt_handles)
+
+    def take(self, owner: str) -> HandOff | None:
+        """The hand-off given to ``owner``, forgotten once taken."""
+        return self._handoffs.pop(owner, None)
+
+
+#: One ledger per shared stream key, for the life of the process (the triggerer's trigger runner).
+_LEDGERS: dict[Hashable, HandOffLedger] = {}
+#: The router of each shared stream that is open in this process.
+_ROUTERS: dict[Hashable, _Router] = {}
+
+
+def stream_key(
+    queue_url: str,
+    aws_conn_id: str | None,
+    region_name: str | None,
+    verify: bool | str | None,
+    botocore_config: dict[str, Any] | None,
+) -> Hashable:
+    """The key of the shared stream of one queue and connection."""
+    return (
+        "airflow_sm_callback",
+        queue_url,
+        aws_conn_id,
+        region_name,
+        json.dumps(verify),
+        json.dumps(botocore_config, sort_keys=True, default=str),
+    )
+
+
+def ledger_for(key: Hashable) -> HandOffLedger:
+    """The hand-off ledger of a shared stream key in this process."""
+    ledger = _LEDGERS.get(key)
+    if ledger is None:
+        ledger = _LEDGERS[key] = HandOffLedger()
+    return ledger
 
 
 class _Router:
@@ -292,10 +408,17 @@ class _Router:
     step directory, a ledger of tokens handed on, and single-flight step look-ups.
     """
 
-    def __init__(self, hook: SageMakerCallbackHook, queue_url: str, *, lookup_concurrency: int = 4) -> None:
+    def __init__(
+        self,
+        hook: SageMakerCallbackHook,
+        queue_url: str,
+        *,
+        ledger: HandOffLedger | None = None,
+        lookup_concurrency: int = 4,
+    ) -> None:
         self.hook = hook
         self.queue_url = queue_url
-        self._handed_on: OrderedDict[str, None] = OrderedDict()
+        self.ledger = ledger if ledger is not None else HandOffLedger()
         self._lookups: dict[str, asyncio.Task[None]] = {}
         self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
         self._masker = _TokenMasker()
@@ -305,13 +428,8 @@ class _Router:
         await self._masker.mask(token)
 
     def handed_on(self, token: str) -> bool:
-        """Whether the token was already handed on through this stream."""
-        return token in self._handed_on
-
-    def mark_handed_on(self, token: str) -> None:
-        self._handed_on[token] = None
-        if len(self._handed_on) > 50_000:
-            self._handed_on.popitem(last=False)
+        """Whether the token was already handed on through this process's stream."""
+        return self.ledger.handed_on(token)
 
     async def lookup(self, execution_arn: str) -> None:
         """Refresh the step directory from one listing of ``execution_arn`` (single-flight)."""
@@ -363,11 +481,12 @@ class CallbackStreamProducer(SharedStreamProducer):
     what arrived since the previous one (while a burst is drained, what arrives within 0.1 s,
     at most 200 messages), since each batch wakes every trigger on the stream and updates the
     secrets masker once whatever its size. Messages stay hidden while the triggers decide
-    (their visibility is extended after 10 seconds). In :meth:`advance`, claimed
-    messages whose events were persisted are deleted (``DeleteMessageBatch``); messages whose
-    step is closed, or whose token was already handed on, are deleted; every other message is
-    handed back (``ChangeMessageVisibilityBatch``), at once the first time and with a growing
-    delay after. Malformed and foreign messages are never deleted.
+    (their visibility is extended after 10 seconds). In :meth:`advance`, the claimed messages
+    of a task whose event was persisted stay hidden for its ``handoff_visibility`` (the task
+    deletes them), those of an ``AssetWatcher`` are deleted (``DeleteMessageBatch``); messages
+    whose step is closed, and further copies of a token already handed on, are deleted; every
+    other message is handed back (``ChangeMessageVisibilityBatch``), at once the first time and
+    with a growing delay after. Malformed and foreign messages are never deleted.
     """
 
     def __init__(self, kwargs: dict[str, Any]) -> None:
@@ -395,8 +514,20 @@ class CallbackStreamProducer(SharedStreamProducer):
             config=self.kwargs.get("botocore_config"),
         )
 
+    def _stream_key(self) -> Hashable:
+        kwargs = self.kwargs
+        return stream_key(
+            self.queue_url,
+            kwargs.get("aws_conn_id"),
+            kwargs.get("region_name"),
+            kwargs.get("verify"),
+            kwargs.get("botocore_config"),
+        )
+
     async def open_stream(self) -> AsyncIterator[tuple[Any, Any]]:
-        self._router = _Router(self._hook(), self.queue_url)
+        key = self._stream_key()
+        self._router = _Router(self._hook(), self.queue_url, ledger=ledger_for(key))
+        _ROUTERS[key] = self._router
         self._heartbeat = asyncio.create_task(self._keep_hidden())
         self._received = asyncio.Queue(maxsize=MAX_PENDING_RECEIVES)
         self._receiver = asyncio.create_task(self._receive_loop(self._received))
@@ -501,29 +632,41 @@ class CallbackStreamProducer(SharedStreamProducer):
 
     def _batch(self, received: list[Any]) -> CallbackBatch:
         router = self.router
+        ledger = router.ledger
         by_token: dict[str, Delivery] = {}
         invalid: list[UnparsedMessage] = []
+        redundant: list[str] = []
         for result in received:
             for bad in result.invalid:
                 router.hook.warn_invalid(bad, self.queue_url)
                 invalid.append(bad)
             for callback in result.callbacks:
+                if ledger.is_copy(callback.token, callback.message_id):
+                    if callback.receipt_handle:
+                        redundant.append(callback.receipt_handle)
+                    continue
                 delivery = by_token.get(callback.token)
                 if delivery is None:
                     by_token[callback.token] = Delivery(
                         callback=callback,
                         receipt_handles=[callback.receipt_handle] if callback.receipt_handle else [],
                         receive_count=callback.receive_count,
-                        duplicate=router.handed_on(callback.token),
+                        message_ids=[callback.message_id] if callback.message_id else [],
                     )
                     continue
                 if callback.receipt_handle and callback.receipt_handle not in delivery.receipt_handles:
                     delivery.receipt_handles.append(callback.receipt_handle)
+                if callback.message_id and callback.message_id not in delivery.message_ids:
+                    delivery.message_ids.append(callback.message_id)
                 delivery.receive_count = max(delivery.receive_count, callback.receive_count)
                 if callback.is_stopping and not delivery.callback.is_stopping:
                     delivery.callback = callback
         return CallbackBatch(
-            id=next(self._ids), deliveries=list(by_token.values()), invalid=invalid, router=router
+            id=next(self._ids),
+            deliveries=list(by_token.values()),
+            invalid=invalid,
+            router=router,
+            redundant=redundant,
         )
 
     def get_advance_lane(self, broker_payload: Any) -> Hashable:
@@ -540,19 +683,28 @@ class CallbackStreamProducer(SharedStreamProducer):
             for delivery in raw.deliveries:
                 token = delivery.callback.token
                 if delivery.claimed_by is not None:
-                    if item.outcome.is_clean:
+                    if not item.outcome.is_clean:
+                        releases.extend((h, 0) for h in delivery.receipt_handles)
+                    elif delivery.copy or delivery.hold is None:
                         if not delivery.copy:
-                            router.mark_handed_on(token)
+                            router.ledger.record(delivery)
                         deletes.extend(delivery.receipt_handles)
                     else:
-                        releases.extend((h, 0) for h in delivery.receipt_handles)
-                elif delivery.duplicate or router.handed_on(token) or router.step_closed(token):
+                        # Hidden until the task, with the callback in XCom, deletes them.
+                        router.ledger.record(delivery)
+                        releases.extend((h, delivery.hold) for h in delivery.receipt_handles)
+                elif router.step_closed(token):
                     deletes.extend(delivery.receipt_handles)
                 else:
+                    if router.handed_on(token):
+                        # The original of a hand-off came back: its task is slow, or was
+                        # restarted and waits for it (here or in another triggerer).
+                        router.ledger.came_back(token, delivery.receipt_handles)
                     delay = backoff_visibility(delivery.receive_count)
                     releases.extend((h, delay) for h in delivery.receipt_handles)
                     if delivery.receive_count >= 2 and not router.hook.steps.is_fresh(token):
                         router.lookup_later(delivery.callback.pipeline_execution_arn)
+            deletes.extend(raw.redundant)
             releases.extend(
                 (bad.receipt_handle, backoff_visibility(bad.receive_count))
                 for bad in raw.invalid
@@ -619,6 +771,9 @@ class CallbackStreamProducer(SharedStreamProducer):
             bad.receipt_handle for raw in self._inflight.values() for bad in raw.invalid if bad.receipt_handle
         ]
         self._inflight.clear()
+        key = self._stream_key()
+        if _ROUTERS.get(key) is self._router:
+            del _ROUTERS[key]
         try:
             if handles:
                 await self._apply([], [(handle, 0) for handle in handles])
@@ -654,8 +809,10 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
     :param botocore_config: botocore ``Config`` kwargs.
     :param wait_time_seconds: long-poll time of the standalone path (the shared stream always
         long-polls 20 seconds).
-    :param handoff_visibility: seconds a claimed message stays hidden on the standalone path,
-        until the task deletes it.
+    :param handoff_visibility: seconds a claimed message stays hidden once this trigger fired
+        for a task, until the task deletes it (the standalone path; and the shared stream, from
+        the event's persist on). An ``AssetWatcher``'s messages are deleted once its asset event
+        is persisted.
     :param single_event: fire once and stop (task deferral). Default: once when the trigger
         belongs to a task instance, every callback otherwise (``AssetWatcher``).
     :param deadline: a UNIX time at which a single-event trigger stops waiting and fires a
@@ -694,6 +851,8 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         self.deadline = deadline
         self.not_before = not_before
         self._emitted: set[str] = set()
+        #: Message ids of the callbacks this trigger fired (a copy has another id).
+        self._fired_ids: set[str] = set()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -719,6 +878,16 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         if self.single_event is not None:
             return self.single_event
         return self.task_instance is not None
+
+    def _owner(self) -> str | None:
+        """The task instance this trigger fires for (``None`` outside a triggerer, or for a watcher)."""
+        ti = self.task_instance
+        if ti is None or not self.fires_once:
+            return None
+        try:
+            return f"{ti.dag_id}\x1f{ti.run_id}\x1f{ti.task_id}\x1f{ti.map_index}"
+        except AttributeError:
+            return None
 
     def _remaining(self) -> float | None:
         """Seconds until the deadline (``None`` without one, or for a trigger that fires often)."""
@@ -805,17 +974,45 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         stays on the queue until its event is persisted, so nothing is lost if that fails.
         """
         for delivery in deliveries:
-            if delivery.callback.token in self._emitted and batch.claim(delivery, me):
+            if (
+                delivery.callback.token in self._emitted
+                and self._fired_ids.isdisjoint(delivery.message_ids)
+                and batch.claim(delivery, me)
+            ):
                 delivery.copy = True
 
+    def _fired(self, callback: CallbackMessage, message_ids: Iterable[str]) -> None:
+        self._emitted.add(callback.token)
+        self._fired_ids.update(message_ids)
+
+    async def _taken_again(self) -> HandOff | None:
+        """
+        The hand-off this trigger's task was already given through this process's stream, when
+        the task was restarted without its event and deferred again (see :class:`HandOffLedger`).
+        """
+        owner = self._owner()
+        ledger = _LEDGERS.get(self.shared_stream_key()) if owner is not None else None
+        handoff = ledger.take(owner) if ledger is not None and owner is not None else None
+        if handoff is None:
+            return None
+        callback = handoff.callback
+        if not self.matcher.matches(callback, step_name=callback.step_name):
+            return None
+        router = _ROUTERS.get(self.shared_stream_key())
+        if router is not None:
+            # A stale hand-off (the task had it and closed the step) is not taken again.
+            await router.lookup(callback.pipeline_execution_arn)
+            if router.step_closed(callback.token):
+                return None
+            await router.mask(callback.token)
+        else:
+            register_tokens([callback.token])
+            await _tell_supervisor([callback.token])
+        return handoff
+
     def shared_stream_key(self) -> Hashable | None:
-        return (
-            "airflow_sm_callback",
-            self.queue_url,
-            self.aws_conn_id,
-            self.region_name,
-            json.dumps(self.verify),
-            json.dumps(self.botocore_config, sort_keys=True, default=str),
+        return stream_key(
+            self.queue_url, self.aws_conn_id, self.region_name, self.verify, self.botocore_config
         )
 
     @classmethod
@@ -833,6 +1030,16 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         remaining = self._remaining()
         until = None if remaining is None else loop.time() + remaining
         try:
+            if once and (handoff := await self._taken_again()) is not None:
+                callback = handoff.callback
+                self._fired(callback, handoff.message_ids)
+                self.log.info(
+                    "Callback for %s taken again: it was handed to this task before it restarted",
+                    callback.pipeline_execution_arn,
+                )
+                await self._hold()
+                yield TriggerEvent(success_event(callback, self.queue_url, handoff.receipt_handles))
+                fired = True
             while True:
                 waiting: asyncio.Timeout | None = None
                 try:
@@ -856,7 +1063,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                     self._claim_copies(batch, candidates, me)
                     continue
                 for delivery in candidates:
-                    if delivery.claimed_by is not None or delivery.duplicate:
+                    if delivery.claimed_by is not None:
                         continue
                     callback = delivery.callback
                     if callback.token in self._emitted:
@@ -871,11 +1078,15 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                         callback = callback.with_step_name(step_name)
                     if batch.router.step_closed(callback.token) or not batch.claim(delivery, me):
                         continue
-                    self._emitted.add(callback.token)
+                    if once:
+                        delivery.hold = self.handoff_visibility
+                        delivery.owner = self._owner()
+                    self._fired(callback, delivery.message_ids)
                     await batch.router.mask(callback.token)
                     self.log.info("Callback for %s arrived", callback.pipeline_execution_arn)
                     await self._hold()
-                    yield TriggerEvent(success_event(callback, batch.router.queue_url, None))
+                    handles = list(delivery.receipt_handles) if once else None
+                    yield TriggerEvent(success_event(callback, batch.router.queue_url, handles))
                     if once:
                         fired = True
                         break
@@ -889,6 +1100,8 @@ __all__ = [
     "CallbackBatch",
     "CallbackStreamProducer",
     "Delivery",
+    "HandOff",
+    "HandOffLedger",
     "SageMakerCallbackTrigger",
     "error_event",
     "success_event",

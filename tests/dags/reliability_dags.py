@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
+from airflow.sdk.exceptions import AirflowRescheduleException
 
 from airflow_sm_callback.callback import CallbackMessage
 from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 from airflow_sm_callback.sensors.callback import SageMakerCallbackSensor
 
-PARAMS = {"queue_url": Param("", type="string"), "arguments": Param({}, type="object")}
+PARAMS = {
+    "queue_url": Param("", type="string"),
+    "arguments": Param({}, type="object"),
+    "execution_arn": Param("", type="string"),
+}
 
 
 @task(retries=3, retry_delay=timedelta(seconds=2))
@@ -74,5 +79,41 @@ with DAG(
             arguments="{{ params.arguments }}",
             deferrable=True,
             timeout=1800,
+        ).output
+    )
+
+
+class RestartedAfterResume(SageMakerCallbackSensor):
+    """
+    Its first resume is dropped as Airflow drops it when a resumed task fails to start (the DAG
+    file timed out importing, say): the task is rescheduled, which clears the trigger event, and
+    starts again with ``execute``.
+    """
+
+    def execute_complete(self, context: Any, event: dict[str, Any], deadline: float | None = None) -> Any:
+        if int(context.get("task_reschedule_count", 0) or 0) == 0:
+            raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=1))
+        return super().execute_complete(context, event, deadline)
+
+
+with DAG(
+    dag_id="rel_restarted",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    params=PARAMS,
+    max_active_runs=256,
+):
+    close(
+        RestartedAfterResume(
+            task_id="wait",
+            queue_url="{{ params.queue_url }}",
+            pipeline_execution_arn="{{ params.execution_arn }}",
+            arguments="{{ params.arguments }}",
+            deferrable=True,
+            timeout=1800,
+            # With the execution known, the restarted task recovers the token from its steps.
+            # Without, the restarted task's trigger takes the hand-off at once in the triggerer that
+            # fired it; in another triggerer it receives the message when this ends.
+            handoff_visibility=60,
         ).output
     )

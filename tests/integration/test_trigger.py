@@ -7,11 +7,13 @@ import json
 import random
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from airflow_sm_callback.callback import CallbackMatcher
+from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 from airflow_sm_callback.testing import CallbackEmulator
 from airflow_sm_callback.testing.triggerer import SharedStreamHarness
 from airflow_sm_callback.triggers.callback import CallbackBatch, SageMakerCallbackTrigger
@@ -33,6 +35,21 @@ def trigger_for(
         handoff_visibility=300,
         single_event=single_event,
     )
+
+
+def owned_by(trigger: SageMakerCallbackTrigger, run_id: str) -> SageMakerCallbackTrigger:
+    """The trigger of task ``wait`` of ``run_id``, as the triggerer sets it."""
+    trigger.task_instance = SimpleNamespace(dag_id="d", run_id=run_id, task_id="wait", map_index=-1)  # type: ignore[assignment]
+    return trigger
+
+
+async def fired_within(harness: SharedStreamHarness, trigger_id: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if harness.events_of(trigger_id):
+            return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 def start_many(emulator: CallbackEmulator, queue_url: str, count: int, **kwargs: Any) -> list[str]:
@@ -105,16 +122,16 @@ async def test_a_callback_claimed_before_not_before_is_held_until_then(
             assert await harness.wait_for_events(1, within=20)
             (fired,) = harness.events_of(1)
             payload, held = fired.event.payload, fired.at - started
-            await asyncio.sleep(2)  # the persist confirmation, then the delete
+            await asyncio.sleep(2)  # the persist confirmation, then the advance
     else:
         payload = await first_event(trigger)
         held = time.monotonic() - started
     assert payload["callback"]["pipeline_execution_arn"] == arn
     assert 3.5 <= held < 15
-    # Claimed while held: hidden (standalone) or deleted after the persist (shared), never lost.
-    left = emulator.queue_messages(callback_queue)
-    assert all(m.get("InFlight") for m in left)
-    assert len(left) == (0 if shared else 1)
+    # Claimed while held, and after the event: hidden until the task deletes it, never lost.
+    (left,) = emulator.queue_messages(callback_queue)
+    assert left.get("InFlight")
+    assert payload["receipt_handles"]
 
 
 async def test_standalone_watcher_yields_every_callback_and_deletes_after_resume(
@@ -156,7 +173,7 @@ async def test_shared_stream_routes_each_callback_to_its_own_trigger(
     name = unique("pipe")
     emulator.create_pipeline(name, callback_definition(callback_queue))
     emulator.clear_requests()
-    async with SharedStreamHarness(persist_delay=1.5) as harness:
+    async with SharedStreamHarness(persist_delay=1.5, resume_delay=1.0) as harness:
         triggers = {}
         order = list(range(12))
         for i in order:
@@ -171,14 +188,16 @@ async def test_shared_stream_routes_each_callback_to_its_own_trigger(
         for i, arn in arns.items():
             (fired,) = harness.events_of(i)
             assert fired.event.payload["callback"]["pipeline_execution_arn"] == arn
-            assert fired.event.payload["receipt_handles"] is None
-        # Before the persist confirmations nothing matched is deleted.
+            assert fired.event.payload["receipt_handles"]
+        # Before the tasks resume nothing matched is deleted: the persist keeps them hidden.
+        await asyncio.sleep(1.8)
         assert emulator.request_counts("sqs")["DeleteMessageBatch"] == 0
-        await asyncio.sleep(3)
+        assert len(emulator.queue_messages(callback_queue)) == 15
+        await harness.wait_for_resumes()
         counts = emulator.request_counts("sqs")
         # One poll loop: the receives are the producer's, not one per trigger.
         assert counts["ReceiveMessage"] <= 12
-        assert counts["DeleteMessageBatch"] >= 1
+        assert counts["DeleteMessageBatch"] >= 12  # each task deletes its own
         assert not harness.failures
     left = sorted(m["Body"] for m in emulator.queue_messages(callback_queue))
     assert left == sorted(
@@ -216,7 +235,7 @@ async def test_shared_stream_step_name_and_argument_matching(
     definition["Steps"].append(second)
     emulator.create_pipeline(name, definition)
     arn = emulator.start_execution(name)
-    async with SharedStreamHarness(persist_delay=0.3) as harness:
+    async with SharedStreamHarness(persist_delay=0.3, resume_delay=0.2) as harness:
         harness.add(1, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn, step_name="Approve"))
         harness.add(
             2,
@@ -226,6 +245,7 @@ async def test_shared_stream_step_name_and_argument_matching(
         )
         assert await harness.wait_for_events(2, within=30)
         await asyncio.sleep(1.5)
+        await harness.wait_for_resumes()
     approve = harness.events_of(1)[0].event.payload["callback"]
     score = harness.events_of(2)[0].event.payload["callback"]
     assert approve["step_name"] == "Approve"
@@ -245,11 +265,12 @@ async def test_shared_stream_duplicates_yield_one_result(
     stopping = dict(json.loads(original["Body"]), status="Stopping")
     sqs.send_message(QueueUrl=callback_queue, MessageBody=json.dumps(stopping))
     pipeline = arn.split("/")[1]
-    async with SharedStreamHarness(persist_delay=0.3) as harness:
+    async with SharedStreamHarness(persist_delay=0.3, resume_delay=0.2) as harness:
         harness.add(1, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn))
         harness.add(2, trigger_for(callback_queue, aws_conn, single_event=False, pipeline_name=pipeline))
         assert await harness.wait_for_events(1, within=20)
         await asyncio.sleep(2)
+        await harness.wait_for_resumes()
     assert len(harness.events) == 1
     assert harness.events[0].event.payload["callback"]["status"] == "Stopping"
     assert emulator.queue_messages(callback_queue) == []
@@ -263,7 +284,9 @@ async def test_shared_stream_deletes_later_copies_but_keeps_the_first_until_pers
     (original,) = emulator.queue_messages(callback_queue)
     sqs = emulator.client("sqs")
     persisted = persist == "persisted"
-    async with SharedStreamHarness(persist_delay=3.0 if persisted else None, ack_timeout=4.0) as harness:
+    async with SharedStreamHarness(
+        persist_delay=3.0 if persisted else None, ack_timeout=4.0, resume_delay=0.5
+    ) as harness:
         # A bystander keeps the stream (and what it remembers of hand-offs) open throughout.
         harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
         harness.add(1, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn))
@@ -277,7 +300,11 @@ async def test_shared_stream_deletes_later_copies_but_keeps_the_first_until_pers
                 break
         assert len(emulator.queue_messages(callback_queue)) == 1
         if persisted:
-            await asyncio.sleep(4)
+            await asyncio.sleep(3)
+            # Persisted: the first copy stays hidden until the task deletes it.
+            (held,) = emulator.queue_messages(callback_queue)
+            assert held["MessageId"] == original["MessageId"]
+            await harness.wait_for_resumes()
             assert emulator.queue_messages(callback_queue) == []
         else:
             # The first event is never persisted (the ack timeout fails its trigger): the first
@@ -324,3 +351,152 @@ def test_batch_claim_is_first_come() -> None:
     assert batch.claim(delivery, 1)
     assert not batch.claim(delivery, 2)
     assert delivery.claimed_by == 1
+
+
+# -- a resumed task that Airflow restarts without its event ---------------------------------------
+
+
+@pytest.mark.parametrize("stream", ["kept-open", "stopped-between"])
+async def test_a_task_restarted_without_its_event_takes_its_hand_off_again(
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str, stream: str
+) -> None:
+    """
+    Airflow drops a persisted event when it restarts a resumed task from scratch (a startup
+    failure reschedules it); the task defers again and its new trigger gets the same hand-off
+    at once, from the same triggerer process, whether or not the stream stopped in between.
+    """
+    (arn,) = start_many(emulator, callback_queue, 1)
+    async with SharedStreamHarness(persist_delay=0.3) as harness:
+        if stream == "kept-open":
+            harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
+        harness.add(1, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a"))
+        assert await harness.wait_for_events(1, within=20)
+        await asyncio.sleep(1.5)  # persisted, advanced, trigger cancelled: the task "resumes"
+        (first,) = harness.events_of(1)
+        (held,) = emulator.queue_messages(callback_queue)
+        assert held.get("InFlight")
+        # The restarted task defers again: its new trigger fires with the same callback.
+        harness.add(2, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a"))
+        assert await fired_within(harness, 2, 10)
+        (again,) = harness.events_of(2)
+        assert again.event.payload["callback"] == first.event.payload["callback"]
+        assert again.event.payload["receipt_handles"] == first.event.payload["receipt_handles"]
+        # Taken once: a third start of the same task, or another task, waits for the queue.
+        harness.add(3, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a"))
+        harness.add(4, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-b"))
+        assert not await fired_within(harness, 3, 3)
+        assert not harness.events_of(4)
+        # The task that took it deletes the message with the handles of the event.
+        hook = SageMakerCallbackHook(aws_conn_id=aws_conn)
+        assert hook.complete_handoff(callback_queue, again.event.payload["receipt_handles"]).ok
+    assert emulator.queue_messages(callback_queue) == []
+
+
+async def test_a_stale_hand_off_is_not_taken_again(
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+) -> None:
+    (arn,) = start_many(emulator, callback_queue, 1)
+    async with SharedStreamHarness(persist_delay=0.3) as harness:
+        harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
+        harness.add(1, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a"))
+        assert await harness.wait_for_events(1, within=20)
+        await asyncio.sleep(1.5)
+        token = harness.events_of(1)[0].event.payload["callback"]["token"]
+        # The task had its callback and closed the step; then it defers again (a stale message).
+        SageMakerCallbackHook(aws_conn_id=aws_conn).send_step_success(token, {"rows": 1}, execution_arn=arn)
+        harness.add(2, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a"))
+        assert not await fired_within(harness, 2, 3)
+    assert emulator.step(arn, "Score")["StepStatus"] == "Succeeded"
+
+
+async def test_a_restarted_task_in_another_triggerer_receives_its_message_when_the_hold_ends(
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (arn,) = start_many(emulator, callback_queue, 1)
+    (original,) = emulator.queue_messages(callback_queue)
+    # Another triggerer: its own poll loop and ledger (a stream of another connection to the
+    # same queue, so that both run in this process without sharing anything).
+    for key, value in emulator.airflow_connection("aws_elsewhere").items():
+        monkeypatch.setenv(key, value)
+    first = owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a")
+    first.handoff_visibility = 4
+    async with SharedStreamHarness(persist_delay=0.3) as here:
+        here.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
+        here.add(1, first)
+        assert await here.wait_for_events(1, within=20)
+        await asyncio.sleep(1)
+        async with SharedStreamHarness(persist_delay=0.3, resume_delay=0.2) as elsewhere:
+            restarted = trigger_for(callback_queue, "aws_elsewhere", pipeline_execution_arn=arn)
+            elsewhere.add(2, owned_by(restarted, "run-a"))
+            assert await elsewhere.wait_for_events(1, within=40)
+            (again,) = elsewhere.events_of(2)
+            assert again.at - here.events[0].at >= 3.5  # hidden until the hold ended
+            assert again.event.payload["callback"]["message_id"] == original["MessageId"]
+            assert again.event.payload["callback"]["receive_count"] >= 2
+            await elsewhere.wait_for_resumes()
+            assert emulator.queue_messages(callback_queue) == []
+    assert len(here.events) == 1
+
+
+async def test_the_original_of_a_hand_off_that_comes_back_is_kept_and_its_copies_deleted(
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+) -> None:
+    """The task is slow: the hold ends before it deletes; the message is handed back, not deleted."""
+    (arn,) = start_many(emulator, callback_queue, 1)
+    (original,) = emulator.queue_messages(callback_queue)
+    slow = owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a")
+    slow.handoff_visibility = 2
+    async with SharedStreamHarness(persist_delay=0.3) as harness:
+        harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
+        harness.add(1, slow)
+        assert await harness.wait_for_events(1, within=20)
+        # A copy of the token with another message id is deleted once the first is handed on.
+        await asyncio.sleep(1)
+        emulator.client("sqs").send_message(QueueUrl=callback_queue, MessageBody=original["Body"])
+        for _ in range(40):
+            await asyncio.sleep(0.25)
+            left = emulator.queue_messages(callback_queue)
+            if len(left) == 1 and int(left[0]["Attributes"]["ApproximateReceiveCount"]) >= 2:
+                break
+        (left,) = emulator.queue_messages(callback_queue)
+        assert left["MessageId"] == original["MessageId"]
+        assert int(left["Attributes"]["ApproximateReceiveCount"]) >= 2  # came back, handed back
+        # The slow task finally deletes it, with the handles of its event.
+        handles = harness.events_of(1)[0].event.payload["receipt_handles"]
+        SageMakerCallbackHook(aws_conn_id=aws_conn).complete_handoff(callback_queue, handles)
+    assert emulator.queue_messages(callback_queue) == []
+
+
+def test_hand_off_ledger_tells_copies_from_the_original_and_gives_a_hand_off_once() -> None:
+    from airflow_sm_callback.callback import CallbackMessage
+    from airflow_sm_callback.triggers.callback import Delivery, HandOffLedger
+
+    body = {
+        "token": "Ab3dE6gH9k",
+        "pipelineExecutionArn": "arn:aws:sagemaker:us-east-1:111122223333:pipeline/p/execution/x",
+    }
+    callback = CallbackMessage.from_body(json.dumps(body), message_id="m-1", receipt_handle="r-1")
+    ledger = HandOffLedger(max_tokens=2, max_owners=1)
+    task = Delivery(callback, ["r-1"], 1, message_ids=["m-1"], hold=900, owner="run-a")
+    ledger.record(task)
+    assert ledger.handed_on("Ab3dE6gH9k")
+    assert not ledger.is_copy("Ab3dE6gH9k", "m-1")  # the original coming back
+    assert ledger.is_copy("Ab3dE6gH9k", "m-2")  # another message of the token
+    assert not ledger.is_copy("Ab3dE6gH9k", None)  # unknown: never taken for a copy
+    assert not ledger.is_copy("Zz9yX8wV7u", "m-3")
+    ledger.came_back("Ab3dE6gH9k", ["r-1b"])
+    handoff = ledger.take("run-a")
+    assert handoff is not None
+    assert handoff.receipt_handles == ["r-1b"]
+    assert handoff.message_ids == frozenset({"m-1"})
+    assert ledger.take("run-a") is None
+    # A watcher's claim (deleted at once) is no task's hand-off; bounded sizes.
+    watcher = Delivery(callback, ["r-1"], 1, message_ids=["m-1"], owner=None)
+    ledger.record(watcher)
+    assert ledger.take("run-a") is None
+    for i in range(3):
+        other = CallbackMessage.from_body(json.dumps({**body, "token": f"Tk{i}aaaaaaa"}), message_id=f"o-{i}")
+        ledger.record(Delivery(other, [], 1, message_ids=[f"o-{i}"], hold=900, owner=f"run-{i}"))
+    assert not ledger.handed_on("Ab3dE6gH9k")
+    assert ledger.take("run-0") is None
+    assert ledger.take("run-2") is not None

@@ -59,7 +59,7 @@ def stack_on(
 
 
 #: Scenario groups ``--only`` selects: those on SQLite with one triggerer, those on PostgreSQL.
-GROUPS = ("triggerer", "worker", "aws", "duplicates", "postgres")
+GROUPS = ("triggerer", "worker", "aws", "duplicates", "restarted", "postgres")
 
 
 def run(quick: bool, only: set[str]) -> list[Outcome]:
@@ -84,12 +84,22 @@ def run(quick: bool, only: set[str]) -> list[Outcome]:
                     record(lambda: scenarios.aws_errors(emulator, stack, size, seconds=15 if quick else 60))
                 if "duplicates" in only:
                     record(lambda: scenarios.duplicates(emulator, stack, size))
+                if "restarted" in only:
+                    record(lambda: scenarios.restarted(emulator, stack, size))
         if "postgres" not in only:
             return outcomes
         with postgres() as url, stack_on(emulator, database=url, triggerers=2) as stack:
             record(
                 lambda: scenarios.load(
                     emulator, stack, 10 if quick else 50, name="two triggerers (PostgreSQL)"
+                )
+            )
+            record(
+                lambda: scenarios.restarted(
+                    emulator,
+                    stack,
+                    10 if quick else 50,
+                    name="resumed task restarted, two triggerers (PostgreSQL)",
                 )
             )
             record(

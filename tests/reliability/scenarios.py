@@ -276,12 +276,18 @@ def aws_errors(emulator: CallbackEmulator, stack: AirflowStack, n: int, seconds:
 
 
 def _waiting_then_answered(
-    emulator: CallbackEmulator, stack: AirflowStack, outcome: Outcome, *, duplicate: bool, within: float
+    emulator: CallbackEmulator,
+    stack: AirflowStack,
+    outcome: Outcome,
+    *,
+    duplicate: bool,
+    within: float,
+    dag_id: str = "rel_deferrable",
 ) -> Outcome:
     """``outcome.callbacks`` deferred runs on one queue, all waiting before their callbacks are sent."""
 
     def run(outcome: Outcome) -> Outcome:
-        batch = Batch(stack, emulator, "rel_deferrable", emulator.create_queue(unique("rel")))
+        batch = Batch(stack, emulator, dag_id, emulator.create_queue(unique("rel")))
         emulator.reset()
         batch.trigger(outcome.callbacks)
         batch.wait_until_waiting(within=within)
@@ -300,3 +306,18 @@ def duplicates(emulator: CallbackEmulator, stack: AirflowStack, n: int) -> Outco
 def load(emulator: CallbackEmulator, stack: AirflowStack, n: int, name: str = "load") -> Outcome:
     """``n`` concurrent runs on one queue, no fault: all must complete with their own callback."""
     return _waiting_then_answered(emulator, stack, Outcome(name, "none", n), duplicate=False, within=900)
+
+
+def restarted(emulator: CallbackEmulator, stack: AirflowStack, n: int, name: str | None = None) -> Outcome:
+    """
+    Every resumed sensor is restarted from scratch without its trigger event, as Airflow does
+    when a resumed task fails to start: the callback must still reach it.
+    """
+    outcome = Outcome(
+        name or "resumed task restarted without its event",
+        "each sensor's first resume rescheduled (the event dropped), as on a startup failure",
+        n,
+    )
+    return _waiting_then_answered(
+        emulator, stack, outcome, duplicate=False, within=600, dag_id="rel_restarted"
+    )

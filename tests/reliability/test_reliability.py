@@ -38,3 +38,11 @@ def test_aws_errors(emulator: CallbackEmulator, stack: AirflowStack) -> None:
 
 def test_duplicates(emulator: CallbackEmulator, stack: AirflowStack) -> None:
     assert_nothing_lost(scenarios.duplicates(emulator, stack, 4))
+
+
+def test_a_resumed_task_restarted_without_its_event(emulator: CallbackEmulator, stack: AirflowStack) -> None:
+    before = stack.logs().count("taken again: it was handed to this task before it restarted")
+    assert_nothing_lost(scenarios.restarted(emulator, stack, 4))
+    # One triggerer: each restarted task's new trigger took its hand-off from it at once.
+    after = stack.logs().count("taken again: it was handed to this task before it restarted")
+    assert after - before == 4

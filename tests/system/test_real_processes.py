@@ -53,3 +53,40 @@ def test_concurrent_runs_each_get_their_own_callback(
     for arn in arns.values():
         token = emulator.step(arn, "Score")["Metadata"]["Callback"]["CallbackToken"]
         assert token not in logs
+
+
+def test_a_restarted_sensor_that_knows_its_execution_recovers_the_token(
+    emulator: CallbackEmulator, callback_queue: str, stack: AirflowStack
+) -> None:
+    """
+    Airflow restarts a resumed sensor without its event (``rel_restarted`` reschedules its first
+    resume); knowing its execution, the sensor takes the token from the execution's steps at
+    once, in whichever triggerer or worker it lands, without waiting for its message.
+    """
+    emulator.reset()
+    emulator.configure(step_delay_seconds=8)  # the callback arrives once the sensor deferred
+    stack.wait_for_dag("rel_restarted")
+    name = unique("pipe")
+    emulator.create_pipeline(
+        name,
+        callback_definition(callback_queue, outputs={"echo": "String"}, first_step="Prepare"),
+    )
+    arn = emulator.start_execution(name)
+    run_id = unique("restarted")
+    stack.trigger("rel_restarted", {"queue_url": callback_queue, "execution_arn": arn}, run_id)
+    states = stack.wait_for_runs("rel_restarted", [run_id], within=240)
+    emulator.configure(step_delay_seconds=0)
+    assert states == {run_id: "success"}
+    callback = stack.xcom("rel_restarted", run_id, "wait")
+    assert callback["pipeline_execution_arn"] == arn
+    assert callback["step_name"] == "Score"
+    assert callback["arguments"] == {"step_name": "score"}
+    assert emulator.wait_for_execution(arn, timeout=30) == "Succeeded"
+    assert emulator.step(arn, "Score")["Metadata"]["Callback"]["OutputParameters"] == [
+        {"Name": "echo", "Value": "score"}
+    ]
+    logs = stack.logs()
+    assert f"Recovered the callback of step Score of {arn}" in logs
+    # The message the first resume never deleted was closed meanwhile: the next receive on the
+    # queue deletes it as stale (hidden until its hand-off visibility ends, 60 s here).
+    assert len(emulator.queue_messages(callback_queue)) == 1
