@@ -299,8 +299,7 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
                 step.name,
                 step.status,
             )
-            if receipt_handles:
-                hook.complete_handoff(self.queue_url, receipt_handles)
+            self._delete(receipt_handles)
             return None
         if step is not None and callback.step_name is None:
             callback = callback.with_step_name(step.name)
@@ -317,8 +316,7 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
                 client_request_token=request_token_for(context, callback.token, Outcome.FAILURE),
                 execution_arn=arn,
             )
-            if receipt_handles:
-                hook.complete_handoff(self.queue_url, receipt_handles)
+            self._delete(receipt_handles)
             raise AirflowSkipException(
                 f"{arn} is stopping: its callback step {callback.step_name or ''} was closed as failed "
                 "and the work was not started"
@@ -326,12 +324,7 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         result = {**callback.to_dict(), "queue_url": self.queue_url}
         # Push explicitly before deleting: Airflow pushes a returned value only after execute.
         context["ti"].xcom_push(key="return_value", value=result)
-        if receipt_handles:
-            outcome = hook.complete_handoff(self.queue_url, receipt_handles)
-            if not outcome.ok:
-                self.log.warning(
-                    "Some callback messages were not deleted; they will come back and be deleted as stale"
-                )
+        self._delete(receipt_handles)
         self.log.info(
             "Callback %s of %s (step %s, %s) handed on",
             mask_token(callback.token),
@@ -340,6 +333,27 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
             callback.status.value,
         )
         return result
+
+    def _delete(self, receipt_handles: Sequence[str]) -> None:
+        """
+        Delete the callback's messages once it is handed on (or stale). Best effort: the hand-off
+        is done, and a message left behind comes back and is deleted as stale by whoever receives
+        it once its step is closed.
+        """
+        if not receipt_handles:
+            return
+        try:
+            outcome = self.hook.complete_handoff(self.queue_url, receipt_handles)
+        except Exception as err:
+            self.log.warning(
+                "Could not delete the callback's messages (%s); they will come back and be deleted as stale",
+                err,
+            )
+            return
+        if not outcome.ok:
+            self.log.warning(
+                "Some callback messages were not deleted; they will come back and be deleted as stale"
+            )
 
     # -- recovery -------------------------------------------------------------------------------
 

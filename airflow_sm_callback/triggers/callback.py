@@ -499,6 +499,9 @@ class CallbackStreamProducer(SharedStreamProducer):
         self._receiver: asyncio.Task[None] | None = None
         self._received: asyncio.Queue[Any] | None = None
         self._draining = False
+        #: Orders the heartbeat's visibility changes with the advances' (a hold set in advance()
+        #: must not be overwritten by a heartbeat request still under way).
+        self._visibility = asyncio.Lock()
 
     @property
     def router(self) -> _Router:
@@ -718,27 +721,30 @@ class CallbackStreamProducer(SharedStreamProducer):
         deletes = list(dict.fromkeys(deletes))
         deleting = set(deletes)
         releases = [(h, delay) for h, delay in dict(releases).items() if h not in deleting]
-        try:
-            if deletes:
-                await hook.delete_messages_async(self.queue_url, deletes)
-            if releases:
-                await hook.change_visibility_async(self.queue_url, releases)
-        except Exception as err:
-            # Nothing is lost: undeleted messages come back when their visibility runs out.
-            hook.log.warning("Advancing %s failed: %s", self.queue_url, describe_error(err))
+        async with self._visibility:
+            try:
+                if deletes:
+                    await hook.delete_messages_async(self.queue_url, deletes)
+                if releases:
+                    await hook.change_visibility_async(self.queue_url, releases)
+            except Exception as err:
+                # Nothing is lost: undeleted messages come back when their visibility runs out.
+                hook.log.warning("Advancing %s failed: %s", self.queue_url, describe_error(err))
 
     async def _keep_hidden(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_AFTER / 2)
-            now = time.monotonic()
-            entries = [
-                (handle, RECEIVE_VISIBILITY)
-                for raw in list(self._inflight.values())
-                if now - raw.received_at > HEARTBEAT_AFTER
-                for delivery in raw.deliveries
-                for handle in delivery.receipt_handles
-            ]
-            if entries:
+            async with self._visibility:
+                now = time.monotonic()
+                entries = [
+                    (handle, RECEIVE_VISIBILITY)
+                    for raw in list(self._inflight.values())
+                    if now - raw.received_at > HEARTBEAT_AFTER
+                    for delivery in raw.deliveries
+                    for handle in delivery.receipt_handles
+                ]
+                if not entries:
+                    continue
                 try:
                     await self.router.hook.change_visibility_async(self.queue_url, entries)
                 except Exception as err:
@@ -951,7 +957,12 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                     await asyncio.sleep(delay)
                     continue
                 errors = 0
-                if claim is None or claim.callback.token in self._emitted:
+                if claim is None:
+                    continue
+                if claim.callback.token in self._emitted:
+                    # A copy of a callback this watcher already fired, or its message back after
+                    # a delete that failed: the asset event has it.
+                    await self._delete_quietly(hook, claim.receipt_handles)
                     continue
                 await hook.mask_async(claim.callback.token)
                 self.log.info("Callback for %s arrived", claim.callback.pipeline_execution_arn)
@@ -961,9 +972,16 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                 if self.fires_once:
                     return
                 # An AssetWatcher resumed us: the runner has taken the event; delete its messages.
-                await hook.complete_handoff_async(self.queue_url, claim.receipt_handles)
+                await self._delete_quietly(hook, claim.receipt_handles)
         finally:
             await hook.aclose()
+
+    async def _delete_quietly(self, hook: SageMakerCallbackHook, receipt_handles: Sequence[str]) -> None:
+        """Delete messages already handed on; a failure leaves them to come back as stale."""
+        try:
+            await hook.complete_handoff_async(self.queue_url, receipt_handles)
+        except Exception as err:
+            self.log.warning("Deleting handed-on messages failed: %s", describe_error(err))
 
     # -- shared stream --------------------------------------------------------------------------
 

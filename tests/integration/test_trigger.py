@@ -43,6 +43,15 @@ def owned_by(trigger: SageMakerCallbackTrigger, run_id: str) -> SageMakerCallbac
     return trigger
 
 
+def task_trigger(
+    queue_url: str, conn: str, arn: str, run_id: str = "run-a", hold: int = 300
+) -> SageMakerCallbackTrigger:
+    """A sensor's trigger for one execution, of task ``wait`` of ``run_id``, with its hand-off hold."""
+    trigger = owned_by(trigger_for(queue_url, conn, pipeline_execution_arn=arn), run_id)
+    trigger.handoff_visibility = hold
+    return trigger
+
+
 async def fired_within(harness: SharedStreamHarness, trigger_id: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -325,13 +334,21 @@ async def test_shared_stream_deletes_later_copies_but_keeps_the_first_until_pers
 async def test_shared_stream_idle_is_one_long_poll(
     emulator: CallbackEmulator, callback_queue: str, aws_conn: str
 ) -> None:
-    emulator.clear_requests()
+    started = time.time()
     async with SharedStreamHarness() as harness:
         for i in range(50):
             harness.add(i, trigger_for(callback_queue, aws_conn, pipeline_name=f"p{i}"))
-        await asyncio.sleep(3)
-        # One 20-second long poll is under way (logged when it returns), not fifty.
-        assert emulator.request_counts("sqs")["ReceiveMessage"] <= 1
+        # The emulator logs a request when it answers: wait for the first long poll to return.
+        await asyncio.sleep(21.5)
+        receives = [
+            r
+            for r in emulator.requests("sqs")
+            # Requests of this test only (an earlier test's abandoned long poll may answer now).
+            if r["action"] == "ReceiveMessage" and r["time"] - r["duration"] >= started
+        ]
+        # One 20-second long poll returned, the next is under way: not fifty of each.
+        assert len(receives) == 1
+        assert receives[0]["duration"] >= 19
 
 
 def test_batch_claim_is_first_come() -> None:
@@ -369,21 +386,21 @@ async def test_a_task_restarted_without_its_event_takes_its_hand_off_again(
     async with SharedStreamHarness(persist_delay=0.3) as harness:
         if stream == "kept-open":
             harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
-        harness.add(1, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a"))
+        harness.add(1, task_trigger(callback_queue, aws_conn, arn))
         assert await harness.wait_for_events(1, within=20)
         await asyncio.sleep(1.5)  # persisted, advanced, trigger cancelled: the task "resumes"
         (first,) = harness.events_of(1)
         (held,) = emulator.queue_messages(callback_queue)
         assert held.get("InFlight")
         # The restarted task defers again: its new trigger fires with the same callback.
-        harness.add(2, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a"))
+        harness.add(2, task_trigger(callback_queue, aws_conn, arn))
         assert await fired_within(harness, 2, 10)
         (again,) = harness.events_of(2)
         assert again.event.payload["callback"] == first.event.payload["callback"]
         assert again.event.payload["receipt_handles"] == first.event.payload["receipt_handles"]
         # Taken once: a third start of the same task, or another task, waits for the queue.
-        harness.add(3, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a"))
-        harness.add(4, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-b"))
+        harness.add(3, task_trigger(callback_queue, aws_conn, arn))
+        harness.add(4, task_trigger(callback_queue, aws_conn, arn, "run-b"))
         assert not await fired_within(harness, 3, 3)
         assert not harness.events_of(4)
         # The task that took it deletes the message with the handles of the event.
@@ -398,13 +415,13 @@ async def test_a_stale_hand_off_is_not_taken_again(
     (arn,) = start_many(emulator, callback_queue, 1)
     async with SharedStreamHarness(persist_delay=0.3) as harness:
         harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
-        harness.add(1, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a"))
+        harness.add(1, task_trigger(callback_queue, aws_conn, arn))
         assert await harness.wait_for_events(1, within=20)
         await asyncio.sleep(1.5)
         token = harness.events_of(1)[0].event.payload["callback"]["token"]
         # The task had its callback and closed the step; then it defers again (a stale message).
         SageMakerCallbackHook(aws_conn_id=aws_conn).send_step_success(token, {"rows": 1}, execution_arn=arn)
-        harness.add(2, owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a"))
+        harness.add(2, task_trigger(callback_queue, aws_conn, arn))
         assert not await fired_within(harness, 2, 3)
     assert emulator.step(arn, "Score")["StepStatus"] == "Succeeded"
 
@@ -418,8 +435,7 @@ async def test_a_restarted_task_in_another_triggerer_receives_its_message_when_t
     # same queue, so that both run in this process without sharing anything).
     for key, value in emulator.airflow_connection("aws_elsewhere").items():
         monkeypatch.setenv(key, value)
-    first = owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a")
-    first.handoff_visibility = 4
+    first = task_trigger(callback_queue, aws_conn, arn, hold=4)
     async with SharedStreamHarness(persist_delay=0.3) as here:
         here.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
         here.add(1, first)
@@ -444,8 +460,7 @@ async def test_the_original_of_a_hand_off_that_comes_back_is_kept_and_its_copies
     """The task is slow: the hold ends before it deletes; the message is handed back, not deleted."""
     (arn,) = start_many(emulator, callback_queue, 1)
     (original,) = emulator.queue_messages(callback_queue)
-    slow = owned_by(trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn), "run-a")
-    slow.handoff_visibility = 2
+    slow = task_trigger(callback_queue, aws_conn, arn, hold=2)
     async with SharedStreamHarness(persist_delay=0.3) as harness:
         harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
         harness.add(1, slow)

@@ -228,3 +228,30 @@ def test_message_arriving_while_deferred(
     assert result.xcom["wait"]["pipeline_execution_arn"] == arns[0]
     assert_closed(emulator, arns[0], "score")
     assert emulator.queue_messages(callback_queue) == []
+
+
+def test_a_delete_that_fails_after_the_hand_off_does_not_fail_the_sensor(
+    emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
+) -> None:
+    # The callback is in XCom before the delete: a delete that fails (past botocore's retries)
+    # only leaves the message behind, hidden, to be deleted as stale once its step is closed.
+    emulator.configure(step_delay_seconds=8)
+    name = pipeline(emulator, callback_queue, first_step="Prepare")
+    arn = emulator.start_execution(name)
+    emulator.inject_fault("sqs", "DeleteMessageBatch", code="InternalFailure", http_status=500)
+    try:
+        result = dags_test("sensor_deferrable", {"queue_url": callback_queue, "execution_arn": arn}, env)
+        failed_deletes = [
+            r for r in emulator.requests("sqs") if r["action"] == "DeleteMessageBatch" and r["status"] == 500
+        ]
+    finally:
+        emulator.reset()
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.task_state("wait") == "success"
+    assert result.task_state("close") == "success"
+    assert result.xcom["wait"]["pipeline_execution_arn"] == arn
+    assert "Could not delete the callback's messages" in result.output
+    assert_closed(emulator, arn, "score")
+    (left,) = emulator.queue_messages(callback_queue)
+    assert left.get("InFlight")
+    assert len(failed_deletes) >= 2  # botocore retried the delete, then the sensor went on
