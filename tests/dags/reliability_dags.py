@@ -6,7 +6,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param, conf, task
 from airflow.sdk.exceptions import AirflowRescheduleException
 
 from airflow_sm_callback.callback import CallbackMessage
@@ -86,13 +86,17 @@ with DAG(
 class RestartedAfterResume(SageMakerCallbackSensor):
     """
     Its first resume is dropped as Airflow drops it when a resumed task fails to start (the DAG
-    file timed out importing, say): the task is rescheduled, which clears the trigger event, and
-    starts again with ``execute``.
+    file timed out importing, say): the task is rescheduled ``[workers] missing_dag_retry_delay``
+    seconds later, as Airflow reschedules it, which clears the trigger event, and starts again
+    with ``execute``.
     """
 
     def execute_complete(self, context: Any, event: dict[str, Any], deadline: float | None = None) -> Any:
         if int(context.get("task_reschedule_count", 0) or 0) == 0:
-            raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=1))
+            # Airflow's delay, not shorter: Airflow 3.3.2's scheduler fails a task rescheduled
+            # so soon that it is queued again before it learned that the previous process ended.
+            delay = conf.getint("workers", "missing_dag_retry_delay", fallback=60)
+            raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=delay))
         return super().execute_complete(context, event, deadline)
 
 
@@ -114,6 +118,6 @@ with DAG(
             # With the execution known, the restarted task recovers the token from its steps.
             # Without, the restarted task's trigger takes the hand-off at once in the triggerer that
             # fired it; in another triggerer it receives the message when this ends.
-            handoff_visibility=60,
+            handoff_visibility=300,
         ).output
     )

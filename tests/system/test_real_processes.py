@@ -88,5 +88,5 @@ def test_a_restarted_sensor_that_knows_its_execution_recovers_the_token(
     logs = stack.logs()
     assert f"Recovered the callback of step Score of {arn}" in logs
     # The message the first resume never deleted was closed meanwhile: the next receive on the
-    # queue deletes it as stale (hidden until its hand-off visibility ends, 60 s here).
+    # queue deletes it as stale (hidden until its hand-off visibility ends, 300 s here).
     assert len(emulator.queue_messages(callback_queue)) == 1
