@@ -18,9 +18,10 @@ Two ways to run, the same guarantees:
   hand-off). Messages whose step is known closed, and later copies of a token already handed
   on, are deleted; every other message is handed back. A claim whose outcome is not clean (a
   persist that failed, a trigger that timed out) is handed back at once, never deleted.
-* **A task restarted without its event** defers again; in the same triggerer its new trigger
-  takes the hand-off its task was given at once (:class:`HandOffLedger`), elsewhere it receives
-  the message again when its ``handoff_visibility`` ends.
+* **A task restarted without its event** (or retried, or cleared) defers again; in the same
+  triggerer its new trigger takes the hand-off its task was given at once, while the step is
+  open (:class:`HandOffLedger`); elsewhere it receives the message again when its
+  ``handoff_visibility`` ends, if the message was not deleted yet.
 * **Standalone** :meth:`SageMakerCallbackTrigger.run` (``airflow dags test``, or when the
   triggerer cannot share). The trigger polls on its own, keeps the claimed messages hidden for
   ``handoff_visibility`` seconds and puts their receipt handles in the event; the task deletes
@@ -319,8 +320,10 @@ class HandOffLedger:
       come back (its task is slow, or was restarted) and is never taken for a copy.
     * **Hand-offs** to tasks (the last ``max_owners``), by task instance: Airflow restarts a
       resumed task from scratch when it cannot start it (the DAG file failed to import, for
-      example), dropping the event; the restarted task defers again, and its new trigger takes
-      its hand-off from here at once (once), instead of waiting for the message to come back.
+      example), dropping the event, and a retried or cleared task starts with its XCom cleared;
+      the task defers again, and its new trigger takes its hand-off from here at once, instead
+      of waiting for a message that is hidden, or already deleted. Each time, while the step
+      is open: a hand-off whose step is closed is forgotten.
 
     It outlives the producer (a stream stops when its last trigger leaves), not the process.
     """
@@ -365,9 +368,13 @@ class HandOffLedger:
         if handoff is not None and handoff.callback.token == token:
             handoff.receipt_handles = list(receipt_handles)
 
-    def take(self, owner: str) -> HandOff | None:
-        """The hand-off given to ``owner``, forgotten once taken."""
-        return self._handoffs.pop(owner, None)
+    def get(self, owner: str) -> HandOff | None:
+        """The hand-off given to ``owner`` (kept: the task may start again, until its step is closed)."""
+        return self._handoffs.get(owner)
+
+    def forget(self, owner: str) -> None:
+        """Forget the hand-off given to ``owner`` (its step is closed)."""
+        self._handoffs.pop(owner, None)
 
 
 #: One ledger per shared stream key, for the life of the process (the triggerer's trigger runner).
@@ -1010,23 +1017,41 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         """
         owner = self._owner()
         ledger = _LEDGERS.get(self.shared_stream_key()) if owner is not None else None
-        handoff = ledger.take(owner) if ledger is not None and owner is not None else None
-        if handoff is None:
+        handoff = ledger.get(owner) if ledger is not None and owner is not None else None
+        if ledger is None or owner is None or handoff is None:
             return None
         callback = handoff.callback
         if not self.matcher.matches(callback, step_name=callback.step_name):
             return None
+        # A stale hand-off (the task had it and its step is closed now) is not taken again.
+        if await self._step_closed(callback):
+            ledger.forget(owner)
+            return None
         router = _ROUTERS.get(self.shared_stream_key())
         if router is not None:
-            # A stale hand-off (the task had it and closed the step) is not taken again.
-            await router.lookup(callback.pipeline_execution_arn)
-            if router.step_closed(callback.token):
-                return None
             await router.mask(callback.token)
         else:
             register_tokens([callback.token])
             await _tell_supervisor([callback.token])
         return handoff
+
+    async def _step_closed(self, callback: CallbackMessage) -> bool:
+        """Whether the callback's step is closed (``False`` when that cannot be told)."""
+        router = _ROUTERS.get(self.shared_stream_key())
+        if router is not None:
+            await router.lookup(callback.pipeline_execution_arn)
+            return router.step_closed(callback.token)
+        hook = self.hook()
+        try:
+            step = await hook.find_callback_step_async(callback.pipeline_execution_arn, token=callback.token)
+        except Exception as err:
+            self.log.info(
+                "Step look-up of %s failed: %s", callback.pipeline_execution_arn, describe_error(err)
+            )
+            return False
+        finally:
+            await hook.aclose()
+        return step is not None and step.is_closed
 
     def shared_stream_key(self) -> Hashable | None:
         return stream_key(

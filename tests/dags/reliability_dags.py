@@ -70,8 +70,9 @@ with DAG(
     params=PARAMS,
     max_active_runs=256,
 ):
-    # As a production DAG would be: a wait long enough for hundreds of runs to start, and a
-    # closing task with retries (the emulator may answer errors to the closes).
+    # As a production DAG would be: a wait long enough for hundreds of runs to start, and
+    # retries (the emulator may answer errors to the closes; an overloaded Airflow may fail or
+    # reset a task: the retried sensor must still get its callback).
     close(
         SageMakerCallbackSensor(
             task_id="wait",
@@ -79,6 +80,8 @@ with DAG(
             arguments="{{ params.arguments }}",
             deferrable=True,
             timeout=1800,
+            retries=2,
+            retry_delay=timedelta(seconds=5),
         ).output
     )
 
@@ -119,5 +122,7 @@ with DAG(
             # Without, the restarted task's trigger takes the hand-off at once in the triggerer that
             # fired it; in another triggerer it receives the message when this ends.
             handoff_visibility=300,
+            retries=2,
+            retry_delay=timedelta(seconds=5),
         ).output
     )

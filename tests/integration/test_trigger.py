@@ -398,31 +398,39 @@ async def test_a_task_restarted_without_its_event_takes_its_hand_off_again(
         (again,) = harness.events_of(2)
         assert again.event.payload["callback"] == first.event.payload["callback"]
         assert again.event.payload["receipt_handles"] == first.event.payload["receipt_handles"]
-        # Taken once: a third start of the same task, or another task, waits for the queue.
-        harness.add(3, task_trigger(callback_queue, aws_conn, arn))
-        harness.add(4, task_trigger(callback_queue, aws_conn, arn, "run-b"))
-        assert not await fired_within(harness, 3, 3)
-        assert not harness.events_of(4)
-        # The task that took it deletes the message with the handles of the event.
+        # The task that took it pushes it to XCom and deletes the message.
         hook = SageMakerCallbackHook(aws_conn_id=aws_conn)
         assert hook.complete_handoff(callback_queue, again.event.payload["receipt_handles"]).ok
-    assert emulator.queue_messages(callback_queue) == []
+        assert emulator.queue_messages(callback_queue) == []
+        # Retried or cleared later (its XCom cleared), while the step is open: given again.
+        # Another task never gets it.
+        harness.add(3, task_trigger(callback_queue, aws_conn, arn))
+        harness.add(4, task_trigger(callback_queue, aws_conn, arn, "run-b"))
+        assert await fired_within(harness, 3, 10)
+        assert harness.events_of(3)[0].event.payload["callback"] == first.event.payload["callback"]
+        await asyncio.sleep(1)
+        assert not harness.events_of(4)
 
 
+@pytest.mark.parametrize("stream", ["kept-open", "stopped-between"])
 async def test_a_stale_hand_off_is_not_taken_again(
-    emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str, stream: str
 ) -> None:
+    """The step is looked up first: by the stream's router, or by the trigger's own hook."""
     (arn,) = start_many(emulator, callback_queue, 1)
     async with SharedStreamHarness(persist_delay=0.3) as harness:
-        harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
+        if stream == "kept-open":
+            harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
         harness.add(1, task_trigger(callback_queue, aws_conn, arn))
         assert await harness.wait_for_events(1, within=20)
         await asyncio.sleep(1.5)
         token = harness.events_of(1)[0].event.payload["callback"]["token"]
         # The task had its callback and closed the step; then it defers again (a stale message).
         SageMakerCallbackHook(aws_conn_id=aws_conn).send_step_success(token, {"rows": 1}, execution_arn=arn)
+        emulator.clear_requests()
         harness.add(2, task_trigger(callback_queue, aws_conn, arn))
         assert not await fired_within(harness, 2, 3)
+        assert emulator.request_counts("sagemaker")["ListPipelineExecutionSteps"] >= 1
     assert emulator.step(arn, "Score")["StepStatus"] == "Succeeded"
 
 
@@ -482,7 +490,7 @@ async def test_the_original_of_a_hand_off_that_comes_back_is_kept_and_its_copies
     assert emulator.queue_messages(callback_queue) == []
 
 
-def test_hand_off_ledger_tells_copies_from_the_original_and_gives_a_hand_off_once() -> None:
+def test_hand_off_ledger_tells_copies_from_the_original_and_keeps_hand_offs() -> None:
     from airflow_sm_callback.callback import CallbackMessage
     from airflow_sm_callback.triggers.callback import Delivery, HandOffLedger
 
@@ -500,18 +508,20 @@ def test_hand_off_ledger_tells_copies_from_the_original_and_gives_a_hand_off_onc
     assert not ledger.is_copy("Ab3dE6gH9k", None)  # unknown: never taken for a copy
     assert not ledger.is_copy("Zz9yX8wV7u", "m-3")
     ledger.came_back("Ab3dE6gH9k", ["r-1b"])
-    handoff = ledger.take("run-a")
+    handoff = ledger.get("run-a")
     assert handoff is not None
     assert handoff.receipt_handles == ["r-1b"]
     assert handoff.message_ids == frozenset({"m-1"})
-    assert ledger.take("run-a") is None
+    assert ledger.get("run-a") is handoff  # kept until forgotten
+    ledger.forget("run-a")
+    assert ledger.get("run-a") is None
     # A watcher's claim (deleted at once) is no task's hand-off; bounded sizes.
     watcher = Delivery(callback, ["r-1"], 1, message_ids=["m-1"], owner=None)
     ledger.record(watcher)
-    assert ledger.take("run-a") is None
+    assert ledger.get("run-a") is None
     for i in range(3):
         other = CallbackMessage.from_body(json.dumps({**body, "token": f"Tk{i}aaaaaaa"}), message_id=f"o-{i}")
         ledger.record(Delivery(other, [], 1, message_ids=[f"o-{i}"], hold=900, owner=f"run-{i}"))
     assert not ledger.handed_on("Ab3dE6gH9k")
-    assert ledger.take("run-0") is None
-    assert ledger.take("run-2") is not None
+    assert ledger.get("run-0") is None
+    assert ledger.get("run-2") is not None

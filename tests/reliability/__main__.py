@@ -119,15 +119,15 @@ def write(outcomes: list[Outcome], started: float) -> None:
     rows = [
         "| scenario | injected | callbacks | delivered | lost | closed twice | recovery (s) "
         "| stale messages left, deleted by the next receive | tasks that failed to start (restarted by Airflow) "
-        "| hand-offs taken again | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| hand-offs taken again | sensors retried | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for o in outcomes:
         notes = "; ".join(o.notes) or ""
         rows.append(
             f"| {o.scenario} | {o.injected} | {o.callbacks} | {o.delivered} | {o.lost} | {o.closed_twice} "
             f"| {o.recovery_seconds if o.recovery_seconds is not None else ''} | {o.stale_swept} "
-            f"| {o.startup_failures} | {o.taken_again} | {notes} |"
+            f"| {o.startup_failures} | {o.taken_again} | {o.retried} | {notes} |"
         )
     table = "\n".join(rows)
     text = DOC.read_text() if DOC.exists() else ""

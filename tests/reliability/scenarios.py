@@ -64,6 +64,8 @@ class Outcome:
     #: took again from their triggerer.
     startup_failures: int = 0
     taken_again: int = 0
+    #: Sensors that needed a try after the first (Airflow failed or reset the task).
+    retried: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -120,6 +122,9 @@ class Batch:
         done_at = time.monotonic()
         delivered = 0
         for run_id, i in self.runs.items():
+            wait = self.stack.task_instances(self.dag_id, run_id).get("wait", {})
+            if (wait.get("try_number") or 1) > 1:
+                outcome.retried += 1
             if states.get(run_id) != "success":
                 outcome.notes.append(f"run {i} ended {states.get(run_id)}")
                 continue
