@@ -238,11 +238,13 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any], deadline: float | None = None) -> Any:
         """
-        Take the trigger's event: hand the callback on, then delete its messages.
+        Take the trigger's event: hand the callback on; then its messages are deleted.
 
         The event carries the receipt handles of the callback's messages, which stay hidden
-        (``handoff_visibility``) until this deletes them after the XCom push, so that a task
-        that Airflow restarts without its event still finds its callback.
+        (``handoff_visibility``) until the callback is in XCom, so that a task that Airflow
+        restarts without its event still finds its callback. In a triggerer the shared stream
+        deletes them (many at a time) once this task succeeded (``deleted_by="triggerer"``);
+        otherwise this deletes them right after the XCom push.
         """
         if not isinstance(event, dict) or event.get("status") not in ("success", "error", "timeout"):
             raise AirflowException(f"unexpected trigger event: {event!r}")
@@ -255,7 +257,12 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
                 raise AirflowSkipException(message)
             raise AirflowSensorTimeout(message)
         callback = CallbackMessage.from_dict(event["callback"])
-        result = self._hand_on(context, callback, event.get("receipt_handles") or [])
+        result = self._hand_on(
+            context,
+            callback,
+            event.get("receipt_handles") or [],
+            delete_when_handed_on=event.get("deleted_by", "task") == "task",
+        )
         if result is None:
             # The message was stale (its step was already closed): keep waiting.
             self._defer(self.matcher(), deadline)
@@ -276,11 +283,19 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
     # -- hand-off -------------------------------------------------------------------------------
 
     def _hand_on(
-        self, context: Context, callback: CallbackMessage, receipt_handles: Sequence[str]
+        self,
+        context: Context,
+        callback: CallbackMessage,
+        receipt_handles: Sequence[str],
+        *,
+        delete_when_handed_on: bool = True,
     ) -> dict[str, Any] | None:
         """
         Check the callback against the step's state, push it to XCom, then delete its messages.
 
+        :param delete_when_handed_on: delete the messages after the XCom push (``False`` when
+            the triggerer deletes them once this task succeeded); stale messages, and those of
+            a stopping execution, are deleted here either way.
         :return: the XCom dict, or ``None`` when the message was stale (its step already closed).
         :raises AirflowSkipException: when the execution is stopping (the step is closed first).
         """
@@ -325,7 +340,8 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         result = {**callback.to_dict(), "queue_url": self.queue_url}
         # Push explicitly before deleting: Airflow pushes a returned value only after execute.
         context["ti"].xcom_push(key="return_value", value=result)
-        self._delete(receipt_handles)
+        if delete_when_handed_on:
+            self._delete(receipt_handles)
         self.log.info(
             "Callback %s of %s (step %s, %s) handed on",
             mask_token(callback.token),

@@ -8,22 +8,30 @@ persisted after ``persist_delay`` seconds, which stands for the metadata databas
 triggerer the confirmation arrives on the next state sync). A trigger that fires once is then
 cancelled, as the triggerer cancels a task's trigger once the task resumes. With ``resume_delay``
 it also plays the resumed task's part for :class:`SageMakerCallbackTrigger` events: that many
-seconds after the persist it deletes the messages whose receipt handles the event carries, as
-the sensor's ``execute_complete`` does once the callback is in XCom. Used by the tests and the
-benchmark; useful to test your own DAGs' triggers offline.
+seconds after the persist the task succeeds with the callback (and deletes the messages itself
+when the event says ``deleted_by="task"``, as the sensor's ``execute_complete`` does). It stands
+for the triggerer's supervisor too: the shared streams read from it the states of the task
+instances they handed callbacks to, and delete those messages once the task succeeded. Used by
+the tests and the benchmark; useful to test your own DAGs' triggers offline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.shared_stream import SharedStreamManager
 
 from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
+from airflow_sm_callback.triggers.callback import (
+    _LEDGERS,
+    TaskKey,
+    TaskStates,
+    use_task_states,
+)
 
 if TYPE_CHECKING:
     from airflow.triggers.base import BaseEventTrigger, TriggerEvent
@@ -54,6 +62,24 @@ def _handles(event: TriggerEvent) -> list[str]:
     if payload.get("status") != "success":
         return []
     return list(payload.get("receipt_handles") or [])
+
+
+def _for_task(event: TriggerEvent) -> bool:
+    """Whether the event is a task's (a task resumes with it), not an ``AssetWatcher``'s."""
+    payload = event.payload if isinstance(event.payload, dict) else {}
+    return payload.get("status") == "success" and payload.get("deleted_by") in ("task", "triggerer")
+
+
+#: The harnesses open in this process: together they stand for the triggerer's supervisor.
+_OPEN: list[SharedStreamHarness] = []
+_PREVIOUS_SOURCE: list[TaskStates | None] = []
+
+
+async def _harness_task_states(keys: Sequence[TaskKey]) -> Mapping[TaskKey, str | None]:
+    states: dict[TaskKey, str | None] = {}
+    for harness in _OPEN:
+        states.update({key: harness.task_states[key] for key in keys if key in harness.task_states})
+    return states
 
 
 class SharedStreamHarness:
@@ -89,6 +115,11 @@ class SharedStreamHarness:
         self._fired = asyncio.Event()
         self._hooks: dict[Hashable, SageMakerCallbackHook] = {}
         self._resumes: set[asyncio.Task[None]] = set()
+        #: The states of the task instances the triggers fired for, as the resumed tasks left them.
+        self.task_states: dict[TaskKey, str] = {}
+        if not _OPEN:
+            _PREVIOUS_SOURCE.append(use_task_states(_harness_task_states))
+        _OPEN.append(self)
 
     def add(self, trigger_id: int, trigger: BaseEventTrigger, *, fires_once: bool = True) -> None:
         """Start a trigger (``filter_shared_stream`` on its shared stream)."""
@@ -114,7 +145,7 @@ class SharedStreamHarness:
                     loop.call_later(self.persist_delay, self._confirm, fired, seq)
                     if fires_once:
                         loop.call_later(self.persist_delay + self.cancel_after_fire, self._cancel, trigger_id)
-                    if self.resume_delay is not None and _handles(event):
+                    if self.resume_delay is not None and _for_task(event):
                         loop.call_later(self.persist_delay + self.resume_delay, self._resume, trigger, fired)
         except asyncio.CancelledError:
             raise
@@ -134,29 +165,60 @@ class SharedStreamHarness:
         task.add_done_callback(self._resumes.discard)
 
     async def _complete(self, trigger: BaseEventTrigger, fired: FiredEvent) -> None:
-        """The resumed task's part: delete the messages the event carries (one request, as the task)."""
-        key = trigger.shared_stream_key()
-        hook = self._hooks.get(key)
-        if hook is None:
-            hook = self._hooks[key] = SageMakerCallbackHook(
-                aws_conn_id=getattr(trigger, "aws_conn_id", "aws_default"),
-                region_name=getattr(trigger, "region_name", None),
-                verify=getattr(trigger, "verify", None),
-                config=getattr(trigger, "botocore_config", None),
-            )
+        """
+        The resumed task's part: the callback is in its XCom, it deletes the messages when the
+        event says so (one request, as the task), and it succeeds.
+        """
         payload = fired.event.payload
-        await hook.complete_handoff_async(payload["queue_url"], _handles(fired.event))
+        if payload.get("deleted_by") == "task" and _handles(fired.event):
+            key = trigger.shared_stream_key()
+            hook = self._hooks.get(key)
+            if hook is None:
+                hook = self._hooks[key] = SageMakerCallbackHook(
+                    aws_conn_id=getattr(trigger, "aws_conn_id", "aws_default"),
+                    region_name=getattr(trigger, "region_name", None),
+                    verify=getattr(trigger, "verify", None),
+                    config=getattr(trigger, "botocore_config", None),
+                )
+            await hook.complete_handoff_async(payload["queue_url"], _handles(fired.event))
+        owner = _owner_of(trigger)
+        if owner is not None:
+            self.task_states[owner] = "success"
         fired.completed_at = time.monotonic()
 
+    def _landed(self, trigger: BaseEventTrigger, fired: FiredEvent) -> bool:
+        """Whether the messages of a resumed task's event are deleted, or left to the task."""
+        payload = fired.event.payload
+        if fired.completed_at is None:
+            return False
+        if payload.get("deleted_by") != "triggerer" or not _handles(fired.event):
+            return True
+        ledger = _LEDGERS.get(trigger.shared_stream_key())
+        return ledger is None or ledger.landed(payload["callback"]["token"])
+
     async def wait_for_resumes(self, within: float = 30) -> None:
-        """Wait until the resumed tasks' deletes scheduled so far are done."""
+        """
+        Wait until the tasks resumed so far have their callbacks, and the messages are deleted:
+        by the task, or by the stream once it saw the task succeed.
+        """
+        if self.resume_delay is None:
+            return
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            pending = [f for f in self.events if _handles(f.event) and f.completed_at is None]
-            if not pending or self.resume_delay is None:
+            pending = [
+                fired
+                for running in self._running.values()
+                for fired in running.events
+                if _for_task(fired.event) and not self._landed(running.trigger, fired)
+            ]
+            if not pending:
                 return
             await asyncio.sleep(0.1)
-        raise TimeoutError(f"the resumed tasks' deletes did not finish within {within:.0f}s")
+        raise TimeoutError(f"the resumed tasks' messages were not deleted within {within:.0f}s")
+
+    def set_task_state(self, owner: TaskKey, state: str) -> None:
+        """Set a task instance's state, as Airflow would (a task that failed, say)."""
+        self.task_states[owner] = state
 
     def _cancel(self, trigger_id: int) -> None:
         running = self._running.get(trigger_id)
@@ -200,9 +262,18 @@ class SharedStreamHarness:
         for hook in self._hooks.values():
             await hook.aclose()
         self._hooks.clear()
+        if self in _OPEN:
+            _OPEN.remove(self)
+            if not _OPEN:
+                use_task_states(_PREVIOUS_SOURCE.pop())
 
     async def __aenter__(self) -> SharedStreamHarness:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _owner_of(trigger: BaseEventTrigger) -> TaskKey | None:
+    owner = getattr(trigger, "_owner", None)
+    return owner() if callable(owner) else None

@@ -34,12 +34,14 @@ import asyncio
 import gc
 import itertools
 import json
+import logging
 import re
+import sys
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
@@ -52,6 +54,8 @@ from airflow_sm_callback.hooks.callback import (
     SageMakerCallbackHook,
     backoff_visibility,
 )
+
+log = logging.getLogger(__name__)
 
 #: Visibility a received message gets while the shared stream decides about it.
 RECEIVE_VISIBILITY: Final = 30
@@ -107,20 +111,27 @@ def describe_error(err: BaseException) -> str:
 
 
 def success_event(
-    callback: CallbackMessage, queue_url: str, receipt_handles: Sequence[str] | None
+    callback: CallbackMessage,
+    queue_url: str,
+    receipt_handles: Sequence[str] | None,
+    deleted_by: str | None = "task",
 ) -> dict[str, Any]:
     """
     The payload of the event a trigger fires for a callback.
 
-    ``receipt_handles`` is set for a task's trigger: the task deletes those messages after it
-    pushed the callback to XCom. It is ``None`` for an ``AssetWatcher`` on the shared stream,
-    whose messages the producer deletes once the asset event is persisted.
+    For a task's trigger, ``receipt_handles`` are the callback's messages, hidden until they are
+    deleted once the callback is in the task's XCom, and ``deleted_by`` says by whom: ``"task"``
+    (the task, right after its XCom push) or ``"triggerer"`` (the shared stream, once the task
+    instance succeeded; the task deletes them only if it does not take the callback, its step
+    being closed already). For an ``AssetWatcher`` on the shared stream both are ``None``: the
+    producer deletes the messages once the asset event is persisted.
     """
     return {
         "status": "success",
         "callback": callback.to_dict(),
         "queue_url": queue_url,
         "receipt_handles": list(receipt_handles) if receipt_handles is not None else None,
+        "deleted_by": deleted_by if receipt_handles is not None else None,
     }
 
 
@@ -239,6 +250,227 @@ class _TokenMasker:
 
 
 # ----------------------------------------------------------------------------------------------
+# Hand-offs to tasks: when a task has its callback
+# ----------------------------------------------------------------------------------------------
+
+
+class TaskKey(NamedTuple):
+    """The task instance a callback is handed to."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+
+    @property
+    def state_key(self) -> str:
+        """How ``GetTaskStates`` names this task instance within its DAG run."""
+        return self.task_id if self.map_index < 0 else f"{self.task_id}_{self.map_index}"
+
+
+#: Task instance states in which a task has its callback: the sensor pushed it to XCom before it
+#: succeeded, or closed the step itself and skipped (the execution was stopping).
+LANDED_STATES: Final = frozenset({"success", "skipped"})
+
+#: Reads the current states of task instances (``None`` for one not found).
+TaskStates = Callable[[Sequence[TaskKey]], Awaitable[Mapping[TaskKey, str | None]]]
+
+_task_states: TaskStates | None = None
+
+
+def use_task_states(source: TaskStates | None) -> TaskStates | None:
+    """
+    Read task instance states from ``source`` in this process instead of from the triggerer's
+    supervisor, and return the previous source. For harnesses that run shared streams outside a
+    triggerer (:class:`~airflow_sm_callback.testing.triggerer.SharedStreamHarness`).
+    """
+    global _task_states
+    previous, _task_states = _task_states, source
+    return previous
+
+
+def task_states_source() -> TaskStates | None:
+    """
+    Where this process reads task instance states: the source set with :func:`use_task_states`,
+    or in a triggerer's trigger runner its supervisor (``GetTaskStates``); ``None`` elsewhere.
+    """
+    if _task_states is not None:
+        return _task_states
+    runner = sys.modules.get("airflow.jobs.triggerer_job_runner")
+    decoder = getattr(runner, "TriggerCommsDecoder", None)
+    if decoder is None:
+        return None
+    from airflow.sdk.execution_time import task_runner
+
+    if isinstance(getattr(task_runner, "SUPERVISOR_COMMS", None), decoder):
+        return _supervisor_task_states
+    return None
+
+
+#: DAG runs named in one ``GetTaskStates`` request.
+STATES_PER_REQUEST: Final = 100
+
+
+async def _supervisor_task_states(keys: Sequence[TaskKey]) -> dict[TaskKey, str | None]:
+    """Task instance states from the triggerer's supervisor: one ``GetTaskStates`` per DAG and 100 runs."""
+    from airflow.sdk.execution_time import task_runner
+    from airflow.sdk.execution_time.comms import GetTaskStates
+
+    comms = task_runner.SUPERVISOR_COMMS
+    by_dag: dict[str, list[TaskKey]] = {}
+    for key in keys:
+        by_dag.setdefault(key.dag_id, []).append(key)
+    states: dict[TaskKey, str | None] = {}
+    for dag_id, dag_keys in by_dag.items():
+        runs = sorted({key.run_id for key in dag_keys})
+        tasks = sorted({key.task_id for key in dag_keys})
+        for start in range(0, len(runs), STATES_PER_REQUEST):
+            chunk = set(runs[start : start + STATES_PER_REQUEST])
+            response = await comms.asend(GetTaskStates(dag_id=dag_id, run_ids=sorted(chunk), task_ids=tasks))
+            found = getattr(response, "task_states", None)
+            if not isinstance(found, dict):
+                raise RuntimeError(f"unexpected answer to GetTaskStates: {response!r}")
+            for key in dag_keys:
+                if key.run_id in chunk:
+                    states[key] = (found.get(key.run_id) or {}).get(key.state_key)
+    return states
+
+
+@dataclass(eq=False, slots=True)
+class _Watch:
+    handoff: HandOff
+    #: Loop time at which the messages' hold ends (they are visible again).
+    until: float
+    next_look: float
+    gap: float
+
+
+class HandOffConfirmer:
+    """
+    Deletes the messages of a stream's hand-offs to tasks once the tasks have their callbacks,
+    many at a time (``DeleteMessageBatch``, ten a request).
+
+    A task has its callback once its task instance succeeded (the sensor pushes the callback to
+    XCom before it returns) or skipped (it closed the step of a stopping execution). The
+    confirmer reads the states of the task instances it waits for (``GetTaskStates``: one
+    request per DAG and 100 runs, through the triggerer's supervisor) from 2 seconds after the
+    event was persisted, with gaps that double up to 10 seconds, until the messages' hold ends;
+    a message that comes back after that is looked at again (:meth:`HandOffLedger.came_back`).
+    It runs while there is something to wait for, and outlives the stream's producer (a stream
+    stops when its last trigger leaves, before the tasks resume). Nothing is lost when it stops
+    early: the messages come back when their hold ends, and are delivered or deleted then.
+    """
+
+    FIRST_LOOK: Final = 2.0
+    MAX_GAP: Final = 10.0
+    TICK: Final = 1.0
+    DELETE_ATTEMPTS: Final = 10
+
+    def __init__(self) -> None:
+        self._watches: dict[TaskKey, _Watch] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._queue_url: str | None = None
+        self._hook_factory: Callable[[], SageMakerCallbackHook] | None = None
+        #: Messages deleted, and ``GetTaskStates`` rounds made (for tests and figures).
+        self.deleted = 0
+        self.rounds = 0
+
+    def connect(self, queue_url: str, hook_factory: Callable[[], SageMakerCallbackHook]) -> None:
+        """The queue, and how to make a hook on the stream's connection (set by the producer)."""
+        self._queue_url = queue_url
+        self._hook_factory = hook_factory
+
+    @property
+    def waiting(self) -> int:
+        """Hand-offs whose task has not been seen with its callback yet."""
+        return len(self._watches)
+
+    def watch(self, handoff: HandOff, hidden_for: float) -> None:
+        """Look at ``handoff``'s task until its messages, hidden for ``hidden_for`` seconds, are visible."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        first = min(self.FIRST_LOOK, max(0.0, hidden_for - 1.0))
+        self._watches[handoff.owner] = _Watch(handoff, now + hidden_for, now + first, self.FIRST_LOOK)
+        task = self._task
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._task = loop.create_task(self._run(), name="sagemaker-callback-hand-offs")
+
+    def drop(self, owner: TaskKey) -> None:
+        """Stop waiting for ``owner`` (its hand-off is forgotten)."""
+        self._watches.pop(owner, None)
+
+    async def _run(self) -> None:
+        hook: SageMakerCallbackHook | None = None
+        #: Messages of landed hand-offs still to delete, with the attempts made.
+        deletes: dict[str, int] = {}
+        try:
+            while self._watches or deletes:
+                await asyncio.sleep(self.TICK)
+                landed = await self._landed()
+                for watch in landed:
+                    deletes.update(dict.fromkeys(watch.handoff.receipt_handles, 0))
+                if deletes and self._queue_url is not None and self._hook_factory is not None:
+                    hook = hook or self._hook_factory()
+                    deletes = await self._delete(hook, self._queue_url, deletes)
+                # Landed once the first delete was made: a message back from now on is redundant.
+                for watch in landed:
+                    watch.handoff.landed = True
+                    watch.handoff.receipt_handles = []
+        finally:
+            if hook is not None:
+                await hook.aclose()
+
+    async def _landed(self) -> list[_Watch]:
+        """Look at the tasks due for a look; return the watches of those that have their callbacks."""
+        now = asyncio.get_running_loop().time()
+        due = [w for w in self._watches.values() if w.next_look <= now]
+        source = task_states_source()
+        if not due or source is None:
+            return []
+        self.rounds += 1
+        try:
+            states = await source([w.handoff.owner for w in due])
+        except Exception as err:
+            log.warning("Reading the states of %d waiting tasks failed: %s", len(due), err)
+            states = {}
+        landed: list[_Watch] = []
+        for watch in due:
+            owner = watch.handoff.owner
+            if self._watches.get(owner) is not watch:
+                continue  # watched again meanwhile
+            if states.get(owner) in LANDED_STATES:
+                landed.append(watch)
+                del self._watches[owner]
+            elif now >= watch.until:
+                del self._watches[owner]  # visible again: looked at when it comes back
+            else:
+                watch.gap = min(self.MAX_GAP, watch.gap * 2)
+                watch.next_look = min(now + watch.gap, watch.until)
+        return landed
+
+    async def _delete(
+        self, hook: SageMakerCallbackHook, queue_url: str, deletes: dict[str, int]
+    ) -> dict[str, int]:
+        """
+        Delete messages whose tasks have their callbacks; return those to try again (a transient
+        error, at most ``DELETE_ATTEMPTS`` rounds). A message not deleted comes back when its
+        hold ends, and is deleted then (its hand-off landed).
+        """
+        handles = list(deletes)
+        try:
+            result = await hook.delete_messages_async(queue_url, handles)
+        except Exception as err:
+            log.warning("Deleting %d handed-on messages failed: %s", len(handles), describe_error(err))
+            again = set(handles) if is_transient(err) else set()
+        else:
+            self.deleted += len(result.succeeded)
+            if result.succeeded:
+                log.info("Deleted %d messages of callbacks whose tasks have them", len(result.succeeded))
+            again = {h for h, code, _ in result.failed if code in TRANSIENT_CODES}
+        return {h: deletes[h] + 1 for h in again if deletes[h] + 1 < self.DELETE_ATTEMPTS}
+
+
+# ----------------------------------------------------------------------------------------------
 # Shared stream: the raw events and the producer
 # ----------------------------------------------------------------------------------------------
 
@@ -256,10 +488,14 @@ class Delivery:
     message_ids: list[str] = field(default_factory=list)
     claimed_by: int | None = None
     #: Set by the claimer: seconds the messages stay hidden once the event is persisted, until
-    #: the task deletes them; ``None`` deletes them then (an ``AssetWatcher``'s asset event).
+    #: they are deleted after the hand-off; ``None`` deletes them then (an ``AssetWatcher``'s
+    #: asset event).
     hold: int | None = None
     #: The task instance the claim is handed to (see :class:`HandOffLedger`).
-    owner: str | None = None
+    owner: TaskKey | None = None
+    #: Who deletes the messages of a task's claim once the task has the callback in XCom:
+    #: ``"triggerer"`` (the stream's :class:`HandOffConfirmer`, in batches) or ``"task"``.
+    deleted_by: str = "task"
     #: Claimed as a further copy of a callback its claimer fired from an earlier batch: deleted
     #: when the batch is done, but it does not count as the hand-off of the token.
     copy: bool = False
@@ -302,12 +538,19 @@ class CallbackBatch:
 
 @dataclass(slots=True)
 class HandOff:
-    """A callback a shared stream handed to a task, whose messages stay hidden until it deletes them."""
+    """
+    A callback a shared stream handed to a task. Its messages stay hidden until they are deleted
+    once the task has the callback in XCom: by the task (``deleted_by="task"``), or by the
+    stream's :class:`HandOffConfirmer` once the task instance succeeded (``"triggerer"``).
+    """
 
     callback: CallbackMessage
     receipt_handles: list[str]
     message_ids: frozenset[str]
-    owner: str
+    owner: TaskKey
+    deleted_by: str = "task"
+    #: The task succeeded (or skipped) and the confirmer deleted the messages.
+    landed: bool = False
 
 
 class HandOffLedger:
@@ -317,40 +560,48 @@ class HandOffLedger:
     * **Tokens** (the last ``max_tokens``) with the message ids that carried them: a later
       message of such a token with another id is a copy (SQS delivers at least once; the
       ``Stopping`` message follows the ``Executing`` one), deleted; the original itself may
-      come back (its task is slow, or was restarted) and is never taken for a copy.
+      come back (its task is slow, or was restarted) and is never taken for a copy, unless its
+      task has already landed the hand-off.
     * **Hand-offs** to tasks (the last ``max_owners``), by task instance: Airflow restarts a
       resumed task from scratch when it cannot start it (the DAG file failed to import, for
       example), dropping the event, and a retried or cleared task starts with its XCom cleared;
       the task defers again, and its new trigger takes its hand-off from here at once, instead
       of waiting for a message that is hidden, or already deleted. Each time, while the step
       is open: a hand-off whose step is closed is forgotten.
+    * Its :class:`HandOffConfirmer`, which deletes the messages of hand-offs that landed.
 
     It outlives the producer (a stream stops when its last trigger leaves), not the process.
     """
 
     def __init__(self, max_tokens: int = 50_000, max_owners: int = 10_000) -> None:
-        self._tokens: OrderedDict[str, tuple[frozenset[str], str | None]] = OrderedDict()
-        self._handoffs: OrderedDict[str, HandOff] = OrderedDict()
+        self._tokens: OrderedDict[str, tuple[frozenset[str], TaskKey | None]] = OrderedDict()
+        self._handoffs: OrderedDict[TaskKey, HandOff] = OrderedDict()
         self._max_tokens = max_tokens
         self._max_owners = max_owners
+        self.confirmer = HandOffConfirmer()
 
-    def record(self, delivery: Delivery) -> None:
-        """Remember a claim whose event was persisted."""
+    def record(self, delivery: Delivery) -> HandOff | None:
+        """Remember a claim whose event was persisted; returns the hand-off to a task, if it is one."""
         token = delivery.callback.token
         self._tokens[token] = (frozenset(delivery.message_ids), delivery.owner)
         self._tokens.move_to_end(token)
         if len(self._tokens) > self._max_tokens:
             self._tokens.popitem(last=False)
-        if delivery.owner is not None and delivery.hold is not None:
-            self._handoffs[delivery.owner] = HandOff(
-                delivery.callback,
-                list(delivery.receipt_handles),
-                frozenset(delivery.message_ids),
-                delivery.owner,
-            )
-            self._handoffs.move_to_end(delivery.owner)
-            if len(self._handoffs) > self._max_owners:
-                self._handoffs.popitem(last=False)
+        if delivery.owner is None or delivery.hold is None:
+            return None
+        handoff = HandOff(
+            delivery.callback,
+            list(delivery.receipt_handles),
+            frozenset(delivery.message_ids),
+            delivery.owner,
+            delivery.deleted_by,
+        )
+        self._handoffs[delivery.owner] = handoff
+        self._handoffs.move_to_end(delivery.owner)
+        if len(self._handoffs) > self._max_owners:
+            _, evicted = self._handoffs.popitem(last=False)
+            self.confirmer.drop(evicted.owner)
+        return handoff
 
     def handed_on(self, token: str) -> bool:
         """Whether the token was handed on through this process's stream."""
@@ -361,20 +612,37 @@ class HandOffLedger:
         known = self._tokens.get(token)
         return known is not None and message_id is not None and message_id not in known[0]
 
-    def came_back(self, token: str, receipt_handles: Sequence[str]) -> None:
-        """The original message of a hand-off was received again: its new receipt handles."""
+    def _handoff_of(self, token: str) -> HandOff | None:
         known = self._tokens.get(token)
         handoff = self._handoffs.get(known[1]) if known and known[1] else None
-        if handoff is not None and handoff.callback.token == token:
-            handoff.receipt_handles = list(receipt_handles)
+        return handoff if handoff is not None and handoff.callback.token == token else None
 
-    def get(self, owner: str) -> HandOff | None:
+    def landed(self, token: str) -> bool:
+        """Whether the token's task has the callback and its messages were deleted (so any back are redundant)."""
+        handoff = self._handoff_of(token)
+        return handoff is not None and handoff.landed
+
+    def came_back(self, token: str, receipt_handles: Sequence[str], hidden_for: int) -> None:
+        """
+        The original message of a hand-off was received again (its task is slow, restarted, or
+        was retried): its new receipt handles, and for a hand-off the confirmer deletes, a new
+        look at its task before the message is visible again (``hidden_for`` seconds).
+        """
+        handoff = self._handoff_of(token)
+        if handoff is None:
+            return
+        handoff.receipt_handles = list(receipt_handles)
+        if handoff.deleted_by == "triggerer" and not handoff.landed:
+            self.confirmer.watch(handoff, hidden_for)
+
+    def get(self, owner: TaskKey) -> HandOff | None:
         """The hand-off given to ``owner`` (kept: the task may start again, until its step is closed)."""
         return self._handoffs.get(owner)
 
-    def forget(self, owner: str) -> None:
+    def forget(self, owner: TaskKey) -> None:
         """Forget the hand-off given to ``owner`` (its step is closed)."""
         self._handoffs.pop(owner, None)
+        self.confirmer.drop(owner)
 
 
 #: One ledger per shared stream key, for the life of the process (the triggerer's trigger runner).
@@ -536,7 +804,9 @@ class CallbackStreamProducer(SharedStreamProducer):
 
     async def open_stream(self) -> AsyncIterator[tuple[Any, Any]]:
         key = self._stream_key()
-        self._router = _Router(self._hook(), self.queue_url, ledger=ledger_for(key))
+        ledger = ledger_for(key)
+        ledger.confirmer.connect(self.queue_url, self._hook)
+        self._router = _Router(self._hook(), self.queue_url, ledger=ledger)
         _ROUTERS[key] = self._router
         self._heartbeat = asyncio.create_task(self._keep_hidden())
         self._received = asyncio.Queue(maxsize=MAX_PENDING_RECEIVES)
@@ -700,17 +970,20 @@ class CallbackStreamProducer(SharedStreamProducer):
                             router.ledger.record(delivery)
                         deletes.extend(delivery.receipt_handles)
                     else:
-                        # Hidden until the task, with the callback in XCom, deletes them.
-                        router.ledger.record(delivery)
+                        # Hidden until the callback is in the task's XCom; then the task, or
+                        # the confirmer once the task instance succeeded, deletes them.
+                        handoff = router.ledger.record(delivery)
                         releases.extend((h, delivery.hold) for h in delivery.receipt_handles)
-                elif router.step_closed(token):
+                        if handoff is not None and handoff.deleted_by == "triggerer":
+                            router.ledger.confirmer.watch(handoff, delivery.hold)
+                elif router.step_closed(token) or router.ledger.landed(token):
                     deletes.extend(delivery.receipt_handles)
                 else:
+                    delay = backoff_visibility(delivery.receive_count)
                     if router.handed_on(token):
                         # The original of a hand-off came back: its task is slow, or was
                         # restarted and waits for it (here or in another triggerer).
-                        router.ledger.came_back(token, delivery.receipt_handles)
-                    delay = backoff_visibility(delivery.receive_count)
+                        router.ledger.came_back(token, delivery.receipt_handles, delay)
                     releases.extend((h, delay) for h in delivery.receipt_handles)
                     if delivery.receive_count >= 2 and not router.hook.steps.is_fresh(token):
                         router.lookup_later(delivery.callback.pipeline_execution_arn)
@@ -892,13 +1165,14 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
             return self.single_event
         return self.task_instance is not None
 
-    def _owner(self) -> str | None:
+    def _owner(self) -> TaskKey | None:
         """The task instance this trigger fires for (``None`` outside a triggerer, or for a watcher)."""
         ti = self.task_instance
         if ti is None or not self.fires_once:
             return None
         try:
-            return f"{ti.dag_id}\x1f{ti.run_id}\x1f{ti.task_id}\x1f{ti.map_index}"
+            map_index = ti.map_index
+            return TaskKey(ti.dag_id, ti.run_id, ti.task_id, -1 if map_index is None else int(map_index))
         except AttributeError:
             return None
 
@@ -975,7 +1249,14 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                 self.log.info("Callback for %s arrived", claim.callback.pipeline_execution_arn)
                 self._emitted.add(claim.callback.token)
                 await self._hold()
-                yield TriggerEvent(success_event(claim.callback, self.queue_url, claim.receipt_handles))
+                yield TriggerEvent(
+                    success_event(
+                        claim.callback,
+                        self.queue_url,
+                        claim.receipt_handles,
+                        deleted_by="task" if self.fires_once else "triggerer",
+                    )
+                )
                 if self.fires_once:
                     return
                 # An AssetWatcher resumed us: the runner has taken the event; delete its messages.
@@ -1033,6 +1314,8 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         else:
             register_tokens([callback.token])
             await _tell_supervisor([callback.token])
+        if handoff.deleted_by == "triggerer" and not handoff.landed:
+            ledger.confirmer.watch(handoff, self.handoff_visibility)
         return handoff
 
     async def _step_closed(self, callback: CallbackMessage) -> bool:
@@ -1081,7 +1364,9 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                     callback.pipeline_execution_arn,
                 )
                 await self._hold()
-                yield TriggerEvent(success_event(callback, self.queue_url, handoff.receipt_handles))
+                yield TriggerEvent(
+                    success_event(callback, self.queue_url, handoff.receipt_handles, handoff.deleted_by)
+                )
                 fired = True
             while True:
                 waiting: asyncio.Timeout | None = None
@@ -1124,12 +1409,16 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                     if once:
                         delivery.hold = self.handoff_visibility
                         delivery.owner = self._owner()
+                        if delivery.owner is not None and task_states_source() is not None:
+                            delivery.deleted_by = "triggerer"
                     self._fired(callback, delivery.message_ids)
                     await batch.router.mask(callback.token)
                     self.log.info("Callback for %s arrived", callback.pipeline_execution_arn)
                     await self._hold()
                     handles = list(delivery.receipt_handles) if once else None
-                    yield TriggerEvent(success_event(callback, batch.router.queue_url, handles))
+                    yield TriggerEvent(
+                        success_event(callback, batch.router.queue_url, handles, delivery.deleted_by)
+                    )
                     if once:
                         fired = True
                         break
@@ -1144,9 +1433,13 @@ __all__ = [
     "CallbackStreamProducer",
     "Delivery",
     "HandOff",
+    "HandOffConfirmer",
     "HandOffLedger",
     "SageMakerCallbackTrigger",
+    "TaskKey",
     "error_event",
     "success_event",
+    "task_states_source",
     "timeout_event",
+    "use_task_states",
 ]

@@ -16,7 +16,7 @@ from airflow_sm_callback.callback import CallbackMatcher
 from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 from airflow_sm_callback.testing import CallbackEmulator
 from airflow_sm_callback.testing.triggerer import SharedStreamHarness
-from airflow_sm_callback.triggers.callback import CallbackBatch, SageMakerCallbackTrigger
+from airflow_sm_callback.triggers.callback import CallbackBatch, SageMakerCallbackTrigger, TaskKey
 from tests.fixtures import callback_definition, unique
 
 pytestmark = pytest.mark.integration
@@ -58,6 +58,15 @@ async def fired_within(harness: SharedStreamHarness, trigger_id: int, seconds: f
         if harness.events_of(trigger_id):
             return True
         await asyncio.sleep(0.1)
+    return False
+
+
+async def queue_empty_within(emulator: CallbackEmulator, queue_url: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not emulator.queue_messages(queue_url):
+            return True
+        await asyncio.sleep(0.25)
     return False
 
 
@@ -398,10 +407,12 @@ async def test_a_task_restarted_without_its_event_takes_its_hand_off_again(
         (again,) = harness.events_of(2)
         assert again.event.payload["callback"] == first.event.payload["callback"]
         assert again.event.payload["receipt_handles"] == first.event.payload["receipt_handles"]
-        # The task that took it pushes it to XCom and deletes the message.
-        hook = SageMakerCallbackHook(aws_conn_id=aws_conn)
-        assert hook.complete_handoff(callback_queue, again.event.payload["receipt_handles"]).ok
-        assert emulator.queue_messages(callback_queue) == []
+        assert again.event.payload["deleted_by"] == "triggerer"
+        # The restarted task pushes it to XCom and succeeds; then the stream deletes the message.
+        (held,) = emulator.queue_messages(callback_queue)
+        assert held.get("InFlight")
+        harness.set_task_state(TaskKey("d", "run-a", "wait"), "success")
+        assert await queue_empty_within(emulator, callback_queue, 30)
         # Retried or cleared later (its XCom cleared), while the step is open: given again.
         # Another task never gets it.
         harness.add(3, task_trigger(callback_queue, aws_conn, arn))
@@ -490,7 +501,7 @@ async def test_the_original_of_a_hand_off_that_comes_back_is_kept_and_its_copies
     assert emulator.queue_messages(callback_queue) == []
 
 
-def test_hand_off_ledger_tells_copies_from_the_original_and_keeps_hand_offs() -> None:
+async def test_hand_off_ledger_tells_copies_from_the_original_and_keeps_hand_offs() -> None:
     from airflow_sm_callback.callback import CallbackMessage
     from airflow_sm_callback.triggers.callback import Delivery, HandOffLedger
 
@@ -500,28 +511,118 @@ def test_hand_off_ledger_tells_copies_from_the_original_and_keeps_hand_offs() ->
     }
     callback = CallbackMessage.from_body(json.dumps(body), message_id="m-1", receipt_handle="r-1")
     ledger = HandOffLedger(max_tokens=2, max_owners=1)
-    task = Delivery(callback, ["r-1"], 1, message_ids=["m-1"], hold=900, owner="run-a")
-    ledger.record(task)
+    run_a = TaskKey("d", "run-a", "wait")
+    task = Delivery(callback, ["r-1"], 1, message_ids=["m-1"], hold=900, owner=run_a, deleted_by="triggerer")
+    assert ledger.record(task) is not None
     assert ledger.handed_on("Ab3dE6gH9k")
     assert not ledger.is_copy("Ab3dE6gH9k", "m-1")  # the original coming back
     assert ledger.is_copy("Ab3dE6gH9k", "m-2")  # another message of the token
     assert not ledger.is_copy("Ab3dE6gH9k", None)  # unknown: never taken for a copy
     assert not ledger.is_copy("Zz9yX8wV7u", "m-3")
-    ledger.came_back("Ab3dE6gH9k", ["r-1b"])
-    handoff = ledger.get("run-a")
+    # The original comes back before its task succeeded: its new handles, and a new look.
+    ledger.came_back("Ab3dE6gH9k", ["r-1b"], 5)
+    handoff = ledger.get(run_a)
     assert handoff is not None
     assert handoff.receipt_handles == ["r-1b"]
     assert handoff.message_ids == frozenset({"m-1"})
-    assert ledger.get("run-a") is handoff  # kept until forgotten
-    ledger.forget("run-a")
-    assert ledger.get("run-a") is None
+    assert ledger.confirmer.waiting == 1
+    assert not ledger.landed("Ab3dE6gH9k")
+    handoff.landed = True
+    assert ledger.landed("Ab3dE6gH9k")  # anything of it back is redundant now
+    assert ledger.get(run_a) is handoff  # kept until forgotten
+    ledger.forget(run_a)
+    assert ledger.get(run_a) is None
+    assert ledger.confirmer.waiting == 0
+    assert not ledger.landed("Ab3dE6gH9k")
     # A watcher's claim (deleted at once) is no task's hand-off; bounded sizes.
     watcher = Delivery(callback, ["r-1"], 1, message_ids=["m-1"], owner=None)
-    ledger.record(watcher)
-    assert ledger.get("run-a") is None
+    assert ledger.record(watcher) is None
+    assert ledger.get(run_a) is None
     for i in range(3):
         other = CallbackMessage.from_body(json.dumps({**body, "token": f"Tk{i}aaaaaaa"}), message_id=f"o-{i}")
-        ledger.record(Delivery(other, [], 1, message_ids=[f"o-{i}"], hold=900, owner=f"run-{i}"))
+        owner = TaskKey("d", f"run-{i}", "wait")
+        ledger.record(Delivery(other, [], 1, message_ids=[f"o-{i}"], hold=900, owner=owner))
     assert not ledger.handed_on("Ab3dE6gH9k")
-    assert ledger.get("run-0") is None
-    assert ledger.get("run-2") is not None
+    assert ledger.get(TaskKey("d", "run-0", "wait")) is None
+    assert ledger.get(TaskKey("d", "run-2", "wait")) is not None
+
+
+# -- the stream deletes a task's messages once the task has its callback ----------------------
+
+
+async def test_the_stream_deletes_handed_on_messages_in_batches_once_the_tasks_succeeded(
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+) -> None:
+    arns = start_many(emulator, callback_queue, 25)
+    emulator.clear_requests()
+    async with SharedStreamHarness(persist_delay=0.3, resume_delay=3.0) as harness:
+        for i, arn in enumerate(arns):
+            harness.add(i, task_trigger(callback_queue, aws_conn, arn, run_id=f"run-{i}"))
+        assert await harness.wait_for_events(25, within=30)
+        for i, arn in enumerate(arns):
+            (fired,) = harness.events_of(i)
+            assert fired.event.payload["callback"]["pipeline_execution_arn"] == arn
+            assert fired.event.payload["deleted_by"] == "triggerer"
+            assert fired.event.payload["receipt_handles"]
+        # Persisted, the tasks not resumed yet: every message hidden, none deleted.
+        await asyncio.sleep(2)
+        assert emulator.request_counts("sqs").get("DeleteMessageBatch", 0) == 0
+        held = emulator.queue_messages(callback_queue)
+        assert len(held) == 25
+        assert all(m.get("InFlight") for m in held)
+        await harness.wait_for_resumes(within=60)
+    assert emulator.queue_messages(callback_queue) == []
+    # The tasks deleted nothing themselves: the stream did, ten a request.
+    assert emulator.request_counts("sqs")["DeleteMessageBatch"] <= 5
+
+
+@pytest.mark.parametrize("state", ["success", "skipped"])
+async def test_a_task_s_messages_stay_hidden_until_it_succeeds(
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str, state: str
+) -> None:
+    """Failed (its retry will need the callback): kept. Succeeded, or skipped (it closed a stopping step): deleted."""
+    (arn,) = start_many(emulator, callback_queue, 1)
+    async with SharedStreamHarness(persist_delay=0.3) as harness:
+        harness.add(1, task_trigger(callback_queue, aws_conn, arn))
+        assert await harness.wait_for_events(1, within=20)
+        owner = TaskKey("d", "run-a", "wait")
+        harness.set_task_state(owner, "up_for_retry")
+        await asyncio.sleep(7)  # the stream looked at the task at least twice
+        (held,) = emulator.queue_messages(callback_queue)
+        assert held.get("InFlight")
+        assert emulator.request_counts("sqs").get("DeleteMessageBatch", 0) == 0
+        harness.set_task_state(owner, state)
+        assert await queue_empty_within(emulator, callback_queue, 30)
+
+
+@pytest.mark.parametrize("error", ["transient", "permanent"])
+async def test_a_failed_delete_of_handed_on_messages_is_made_again(
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str, error: str
+) -> None:
+    """
+    Transient (every attempt botocore makes answers 500): the stream tries again at its next
+    look. Permanent: the message comes back when its hold ends, and is deleted then, since its
+    task has the callback; either way it is never delivered again.
+    """
+    (arn,) = start_many(emulator, callback_queue, 1)
+    async with SharedStreamHarness(persist_delay=0.3, resume_delay=0.2) as harness:
+        # A bystander keeps the stream polling throughout.
+        harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
+        if error == "transient":
+            emulator.inject_fault(
+                "sqs", "DeleteMessageBatch", code="InternalFailure", http_status=500, count=6
+            )
+        else:
+            emulator.inject_fault("sqs", "DeleteMessageBatch", code="AccessDenied", count=1)
+        hold = 300 if error == "transient" else 6
+        harness.add(1, task_trigger(callback_queue, aws_conn, arn, hold=hold))
+        assert await harness.wait_for_events(1, within=20)
+        await harness.wait_for_resumes(within=60)
+        if error == "permanent":
+            (left,) = emulator.queue_messages(callback_queue)
+            assert left.get("InFlight")
+        assert await queue_empty_within(emulator, callback_queue, 40)
+    assert len(harness.events) == 1
+    deletes = [r["status"] for r in emulator.requests("sqs") if r["action"] == "DeleteMessageBatch"]
+    # Transient: deleted by the next attempt within 40 s, long before its 300-second hold ends.
+    assert deletes == ([500] * 6 + [200] if error == "transient" else [400, 200])

@@ -147,7 +147,13 @@ class Batch:
         outcome.lost = max(len(self.runs) - delivered, open_steps)
         outcome.closed_twice = sum(1 for count in self.emulator.accepted_closes().values() if count > 1)
         outcome.recovery_seconds = round(done_at - since, 1)
+        # The triggerers delete the messages of tasks that succeeded within seconds of their
+        # success (every 10 s at most); anything left after that is stale.
         left = self.emulator.queue_messages(self.queue_url)
+        deadline = time.monotonic() + 60
+        while left and time.monotonic() < deadline:
+            time.sleep(1)
+            left = self.emulator.queue_messages(self.queue_url)
         if left:
             outcome.stale_swept = self.sweep()
             left = self.emulator.queue_messages(self.queue_url)

@@ -251,6 +251,14 @@ class AirflowStack:
                 return states
             time.sleep(2)
 
+    def task_logs(self, dag_id: str, run_id: str, task_id: str) -> list[Path]:
+        """The log files of every try of one task instance."""
+        return sorted(
+            (self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}").rglob(
+                "*.log"
+            )
+        )
+
     def logs(self) -> str:
         """Everything the components printed, and every task's log."""
         files = [*self.home.glob("*.out"), *(p for p in (self.home / "logs").rglob("*") if p.is_file())]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+import time
 
 import pytest
 
@@ -13,11 +15,27 @@ from tests.system.stack import AirflowStack
 pytestmark = [pytest.mark.system, pytest.mark.xdist_group("stack")]
 
 
+def stream_deletes(stack: AirflowStack) -> int:
+    """Messages the triggerer deleted once their tasks succeeded, so far."""
+    text = stack.log_path("triggerer").read_text(errors="replace")
+    return sum(int(n) for n in re.findall(r"Deleted (\d+) messages of callbacks whose tasks have them", text))
+
+
+def queue_empty_within(emulator: CallbackEmulator, queue_url: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while emulator.queue_messages(queue_url):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def test_concurrent_runs_each_get_their_own_callback(
     emulator: CallbackEmulator, callback_queue: str, stack: AirflowStack
 ) -> None:
     emulator.reset()
     stack.wait_for_dag("sensor_deferrable")
+    deleted_before = stream_deletes(stack)
     count = 12
     runs = {f"{unique('run')}-{i}": i for i in range(count)}
     for run_id, i in runs.items():
@@ -44,12 +62,23 @@ def test_concurrent_runs_each_get_their_own_callback(
         assert emulator.wait_for_execution(arn, timeout=30) == "Succeeded"
         outputs = emulator.step(arn, "Score")["Metadata"]["Callback"]["OutputParameters"]
         assert outputs == [{"Name": "echo", "Value": "score"}]
-    assert emulator.queue_messages(callback_queue) == []
+    # The triggerer deletes the messages once the sensors succeeded, many at a time.
+    assert queue_empty_within(emulator, callback_queue, 60)
     counts = emulator.request_counts("sqs")
     # The triggers share one poll loop: far fewer receives than waits times polls.
     assert counts["ReceiveMessage"] < 6 * count, counts
     logs = stack.logs()
     assert "Callback for" in logs
+    # Sensors that found their callback before deferring deleted it themselves; the messages
+    # of those whose trigger fired were deleted by the triggerer.
+    fired = [
+        run_id
+        for run_id in runs
+        if "Callback for"
+        in "".join(p.read_text() for p in stack.task_logs("sensor_deferrable", run_id, "wait"))
+    ]
+    assert fired
+    assert stream_deletes(stack) - deleted_before == len(fired)
     for arn in arns.values():
         token = emulator.step(arn, "Score")["Metadata"]["Callback"]["CallbackToken"]
         assert token not in logs
@@ -87,6 +116,6 @@ def test_a_restarted_sensor_that_knows_its_execution_recovers_the_token(
     ]
     logs = stack.logs()
     assert f"Recovered the callback of step Score of {arn}" in logs
-    # The message the first resume never deleted was closed meanwhile: the next receive on the
-    # queue deletes it as stale (hidden until its hand-off visibility ends, 300 s here).
-    assert len(emulator.queue_messages(callback_queue)) == 1
+    # The message stayed hidden through the restart; once the task succeeded (with the token
+    # recovered from the steps) the triggerer that handed it on deleted it.
+    assert queue_empty_within(emulator, callback_queue, 60)
