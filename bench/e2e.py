@@ -123,6 +123,12 @@ def run_callback_dag(
         end = _epoch(ti.get("end_date"))
         if ti.get("state") == "success" and end is not None and end - sent[arn] <= time_limit:
             latencies.append(end - sent[arn])
+    # Count the deletes too: the triggerer deletes the messages of sensors that succeeded
+    # within seconds of their success.
+    settle_until = time.monotonic() + 60
+    while emulator.queue_messages(callbacks.queue_url) and time.monotonic() < settle_until:
+        time.sleep(1)
+    left = len(emulator.queue_messages(callbacks.queue_url))
     counts = consumer_requests(emulator.request_counts("sqs"))
     result = _figures(latencies, len(run_ids), time_limit)
     result.update(
@@ -133,6 +139,7 @@ def run_callback_dag(
             "send_spread_s": max(sent.values()) - t0,
             "sqs_requests": counts,
             "sqs_requests_total": sum(counts.values()),
+            "messages_left": left,
             "sagemaker_requests": consumer_requests(emulator.request_counts("sagemaker")),
             "states": _count_states(tis, list(run_ids.values())),
         }

@@ -85,17 +85,11 @@ def evaluate(figures: list[dict[str, Any]]) -> list[dict[str, Any]]:
             f"N = {largest}",
         )
         per = figure["sqs_requests_per_callback"]
-        waiting = figure.get("sqs_requests_per_callback_waiting")
         add(
             "requests_1000",
             per,
             None if largest != 1000 else (per is not None and per <= 0.5),
-            f"N = {largest}"
-            + (
-                ""
-                if waiting is None or not figure.get("task_deletes")
-                else f"; the triggerer {waiting:.2f}, each resumed task's delete 1"
-            ),
+            f"N = {largest}",
         )
     idle = [f for (mode, n), f in ours.items() if mode == "idle" and n > 1]
     if idle:
@@ -130,8 +124,8 @@ def _mb(value: float | None) -> str:
 def table(figures: list[dict[str, Any]]) -> str:
     """The figures as a Markdown table (one row per scenario)."""
     lines = [
-        "| trigger | scenario | N | fired | p50 s | p99 s | SQS req. / callback | of which the waiting process | ReceiveMessage / min | peak RSS MB | above 1 wait MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| trigger | scenario | N | fired | p50 s | p99 s | SQS req. / callback | ReceiveMessage / min | peak RSS MB | above 1 wait MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for kind in KINDS:
         for f in sorted((f for f in figures if f["kind"] == kind), key=lambda f: (f["mode"], f["n"])):
@@ -145,7 +139,6 @@ def table(figures: list[dict[str, Any]]) -> str:
                     _s(f["latency_p50_s"], f["latency_p50_over_limit"], limit),
                     _s(f["latency_p99_s"], f["latency_p99_over_limit"], limit),
                     _s(f["sqs_requests_per_callback"]),
-                    _s(f.get("sqs_requests_per_callback_waiting", f["sqs_requests_per_callback"])),
                     "",
                 ]
             else:
@@ -153,7 +146,6 @@ def table(figures: list[dict[str, Any]]) -> str:
                     kind,
                     f"idle {f['idle_seconds']:.0f} s",
                     str(f["n"]),
-                    "",
                     "",
                     "",
                     "",

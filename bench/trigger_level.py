@@ -167,7 +167,6 @@ def run_scenario(
         "idle_window_s": idle_window,
         "messages_left": left,
         "worker_cpu_s": result.get("burst_cpu_s"),
-        "task_deletes": result.get("task_deletes", 0),
         "emulator_cpu_s": emulator_cpu.between(min(sent.values()), max(result["fired"].values()))
         if sent and result["fired"]
         else None,
@@ -200,9 +199,6 @@ def figures(raw: dict[str, Any], baseline_kb: int | None) -> dict[str, Any]:
         sent = raw["sent"]
         latencies = sorted(fired[arn] - sent[arn] for arn in fired if fired[arn] - sent[arn] <= limit)
         total = sum(raw["sqs_requests"].values())
-        # The resumed tasks' deletes, one request per callback (ours only); the rest is the
-        # waiting process's (the triggerer's) own.
-        task_deletes = raw.get("task_deletes", 0)
         out.update(
             {
                 "fired": len(latencies),
@@ -210,10 +206,6 @@ def figures(raw: dict[str, Any], baseline_kb: int | None) -> dict[str, Any]:
                 **latency_figures(latencies, n, prefix="latency_"),
                 "sqs_requests_total": total,
                 "sqs_requests_per_callback": total / len(latencies) if latencies else None,
-                "task_deletes": task_deletes,
-                "sqs_requests_per_callback_waiting": (
-                    (total - task_deletes) / len(latencies) if latencies else None
-                ),
             }
         )
     else:
