@@ -61,8 +61,11 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
     ``message_id``, ``receive_count``, ``sent_at`` and ``queue_url``. The token is masked in logs
     and rendered templates; it is stored in XCom by design (the closing task needs it).
 
-    On ``Stopping`` (``StopPipelineExecution`` before the work started) the sensor closes the
-    step as failed, so the stop completes, and skips: downstream work does not start.
+    On ``Stopping`` (``StopPipelineExecution`` before the callback was handed on: the
+    ``Stopping`` message, or in poke and reschedule mode the step or execution looked up at
+    hand-off) the sensor closes the step as failed, so the stop completes, and skips:
+    downstream work does not start. A callback a trigger claimed is handed on without AWS
+    requests.
 
     When the wait times out (``timeout``), with ``on_timeout="fail_step"`` (default) a callback
     step that is already executing is closed as failed with a reason saying the Airflow wait
@@ -185,15 +188,15 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
                 self._handle_timeout(context)
             raise
 
-    def _defer(self, matcher: CallbackMatcher, deadline: float | None = None) -> None:
+    def _defer(self, matcher: CallbackMatcher) -> None:
         """
-        Defer to the trigger until ``deadline`` (a UNIX time, ``timeout`` from now by default).
+        Defer to the trigger until ``timeout`` from now.
 
-        The trigger itself fires a ``timeout`` event at the deadline, so the timeout is handled
+        The trigger itself fires a ``timeout`` event at that deadline, so the timeout is handled
         wherever the trigger runs (``airflow dags test`` included); the deferral's own timeout,
         a minute later, is a backstop.
         """
-        deadline = deadline if deadline is not None else time.time() + self.timeout
+        deadline = time.time() + self.timeout
         self.defer(
             trigger=SageMakerCallbackTrigger(
                 queue_url=self.queue_url,
@@ -244,7 +247,9 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         (``handoff_visibility``) until the callback is in XCom, so that a task that Airflow
         restarts without its event still finds its callback. In a triggerer the shared stream
         deletes them (many at a time) once this task succeeded (``deleted_by="triggerer"``);
-        otherwise this deletes them right after the XCom push.
+        otherwise this deletes them right after the XCom push. The callback is handed on as the
+        trigger claimed it, without a step look-up (see ``check_step`` of :meth:`_hand_on`).
+        ``deadline`` is the trigger's, kept in the deferral's arguments.
         """
         if not isinstance(event, dict) or event.get("status") not in ("success", "error", "timeout"):
             raise AirflowException(f"unexpected trigger event: {event!r}")
@@ -257,16 +262,13 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
                 raise AirflowSkipException(message)
             raise AirflowSensorTimeout(message)
         callback = CallbackMessage.from_dict(event["callback"])
-        result = self._hand_on(
+        return self._hand_on(
             context,
             callback,
             event.get("receipt_handles") or [],
             delete_when_handed_on=event.get("deleted_by", "task") == "task",
+            check_step=False,
         )
-        if result is None:
-            # The message was stale (its step was already closed): keep waiting.
-            self._defer(self.matcher(), deadline)
-        return result
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         try:
@@ -289,13 +291,22 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         receipt_handles: Sequence[str],
         *,
         delete_when_handed_on: bool = True,
+        check_step: bool = True,
     ) -> dict[str, Any] | None:
         """
         Check the callback against the step's state, push it to XCom, then delete its messages.
 
-        :param delete_when_handed_on: delete the messages after the XCom push (``False`` when
-            the triggerer deletes them once this task succeeded); stale messages, and those of
-            a stopping execution, are deleted here either way.
+        :param check_step: look the step and the execution up first (``ListPipelineExecutionSteps``,
+            ``DescribePipelineExecution``): a callback whose step is closed is stale, and one of a
+            stopping execution closes its step as failed. ``False`` for a callback a trigger
+            claimed: the stream already applied what it knows of the step, and a resumed task
+            makes no AWS request (two SageMaker requests per callback, and the clients built in
+            a fresh process, cost more than Airflow's own resume on a busy worker, and throttle
+            in bursts). A ``Stopping`` callback is closed as failed either way.
+        :param delete_when_handed_on: delete the messages after the XCom push, or after closing
+            the step of a stopping execution (``False`` when the triggerer deletes them once
+            this task succeeded or skipped); stale messages are deleted here either way (the
+            task waits on, so the triggerer would not).
         :return: the XCom dict, or ``None`` when the message was stale (its step already closed).
         :raises AirflowSkipException: when the execution is stopping (the step is closed first).
         """
@@ -303,10 +314,11 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         hook.mask(callback.token)
         arn = callback.pipeline_execution_arn
         step = None
-        try:
-            step = hook.find_callback_step(arn, token=callback.token)
-        except Exception as err:
-            self.log.warning("Could not look up the callback step of %s: %s", arn, err)
+        if check_step:
+            try:
+                step = hook.find_callback_step(arn, token=callback.token)
+            except Exception as err:
+                self.log.warning("Could not look up the callback step of %s: %s", arn, err)
         if step is not None and step.is_closed:
             self.log.info(
                 "Callback %s of %s is for step %s, already %s: deleting the stale message",
@@ -320,7 +332,7 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         if step is not None and callback.step_name is None:
             callback = callback.with_step_name(step.name)
         stopping = callback.is_stopping or (step is not None and step.status == "Stopping")
-        if not stopping:
+        if not stopping and check_step:
             try:
                 stopping = hook.describe_execution(arn).get("PipelineExecutionStatus") == "Stopping"
             except Exception as err:
@@ -332,7 +344,8 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
                 client_request_token=request_token_for(context, callback.token, Outcome.FAILURE),
                 execution_arn=arn,
             )
-            self._delete(receipt_handles)
+            if delete_when_handed_on:
+                self._delete(receipt_handles)
             raise AirflowSkipException(
                 f"{arn} is stopping: its callback step {callback.step_name or ''} was closed as failed "
                 "and the work was not started"

@@ -61,7 +61,9 @@ def test_each_mode_hands_the_callback_on(
     assert result.task_state("close") == "success"
     callback = result.xcom["wait"]
     assert callback["pipeline_execution_arn"] == arn
-    assert callback["step_name"] == "Score"
+    # A poking sensor looks the step up at hand-off; a trigger's claim is handed on as claimed
+    # (no AWS request in the resumed task), and this sensor does not match on the step name.
+    assert callback["step_name"] == (None if mode == "deferrable" else "Score")
     assert callback["arguments"] == {"step_name": "score"}
     assert callback["status"] == "Executing"
     assert callback["queue_url"] == callback_queue
