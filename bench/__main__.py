@@ -144,10 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out / "latest.json", payload)
         plot(all_figures, out / "latency.png")
     if not args.skip_e2e:
-        from bench.e2e import run_e2e
+        from bench.e2e import ROUNDS, run_e2e
 
         print(f"[{time.monotonic() - began:7.0f} s] end to end, {args.e2e_runs} runs per DAG ...", flush=True)
-        payload["end_to_end"] = run_e2e(logs, args.e2e_runs, args.e2e_time_limit)
+        payload["end_to_end"] = run_e2e(
+            logs, args.e2e_runs, args.e2e_time_limit, rounds=1 if args.quick else ROUNDS
+        )
     payload["load_average_at_end"] = load_average()
     payload["duration_s"] = time.monotonic() - began
     write_json(out / "latest.json", payload)

@@ -6,11 +6,13 @@ callback, on one queue; once every sensor is deferred the callbacks are sent at 
 time from a callback's send to its sensor task's end (``end_date``, state ``success``) is
 measured, with the SQS requests the emulator served meanwhile. A third DAG, whose deferrable
 ``DateTimeSensorAsync`` fires at a set moment, measures Airflow's own part: from the trigger event
-to the succeeded task, with no provider involved.
+to the succeeded task, with no provider involved. After a warm-up round, Airflow alone and this
+project's sensor are measured in turn, twice each; the amazon sensor last.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import urllib.error
@@ -24,6 +26,7 @@ from bench.common import (
     consumer_requests,
     emulator_process,
     latency_figures,
+    percentile,
     prepare_callbacks,
     send_at_once,
 )
@@ -84,6 +87,50 @@ def wait_for_state(
         time.sleep(2)
 
 
+def _log_time(line: str) -> tuple[float, str] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or "timestamp" not in record:
+        return None
+    return datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp(), str(
+        record.get("event", "")
+    )
+
+
+def phases(stack: AirflowStack, dag_id: str, origins: dict[str, float]) -> dict[str, float | None]:
+    """
+    Where the time of the resumes went, from the task and trigger logs (p50 over the runs, in
+    seconds): from the origin (callback sent, or target time) to the trigger event, from the
+    event to the resumed task's start (Airflow: persist, schedule, queue, start a process), and
+    the resumed task's run (parsing the DAG file, then ``execute_complete``).
+    """
+    to_event: list[float] = []
+    to_start: list[float] = []
+    running: list[float] = []
+    for run_id, origin in origins.items():
+        fired = start = end = None
+        for path in stack.task_logs(dag_id, run_id, TASK_ID):
+            times = [t for t in map(_log_time, path.read_text(errors="replace").splitlines()) if t]
+            if ".trigger." in path.name:
+                fired = next((at for at, event in times if event == "Trigger fired event"), fired)
+                continue
+            starts = [at for at, event in times if event == "::group::Pre Execute"]
+            if len(starts) > 1:  # the first is the run that deferred
+                start, end = starts[-1], times[-1][0]
+        if fired is None or start is None or end is None:
+            continue
+        to_event.append(fired - origin)
+        to_start.append(start - fired)
+        running.append(end - start)
+    return {
+        "to_trigger_event_p50_s": percentile(to_event, 50),
+        "event_to_task_start_p50_s": percentile(to_start, 50),
+        "task_run_p50_s": percentile(running, 50),
+    }
+
+
 def _figures(latencies: list[float], runs: int, limit: float) -> dict[str, Any]:
     return {
         "runs": runs,
@@ -142,6 +189,7 @@ def run_callback_dag(
             "messages_left": left,
             "sagemaker_requests": consumer_requests(emulator.request_counts("sagemaker")),
             "states": _count_states(tis, list(run_ids.values())),
+            **phases(stack, dag_id, {run_ids[arn]: at for arn, at in sent.items()}),
         }
     )
     return result
@@ -172,6 +220,7 @@ def run_datetime_dag(stack: AirflowStack, runs: int, time_limit: float, lead: fl
             "dag_id": dag_id,
             "deferred_before_send": deferred,
             "states": _count_states(tis, run_ids),
+            **phases(stack, dag_id, dict.fromkeys(run_ids, at)),
         }
     )
     return result
@@ -193,11 +242,21 @@ def _count_states(tis: dict[str, dict[str, Any]], run_ids: list[str]) -> dict[st
 SETTLE = 25.0
 
 
-def run_e2e(log_dir: Path, runs: int, time_limit: float, settle: float = SETTLE) -> dict[str, Any]:
+#: Rounds of Airflow alone and this project's sensor, alternating: the figures of one stack
+#: vary by several seconds from round to round (the first rounds on a fresh stack are slower),
+#: more than the provider adds, so each is measured twice, in turn, after a warm-up round.
+ROUNDS = 2
+#: Runs of the warm-up round (``DateTimeSensorAsync``, not reported).
+WARM_UP_RUNS = 10
+
+
+def run_e2e(
+    log_dir: Path, runs: int, time_limit: float, settle: float = SETTLE, rounds: int = ROUNDS
+) -> dict[str, Any]:
     """The whole end-to-end section; returns its figures."""
     with emulator_process(log_dir, "e2e") as running, postgres(55434) as database:
         emulator = running.emulator
-        ours = prepare_callbacks(emulator, "bench-e2e-ours", runs)
+        ours = [prepare_callbacks(emulator, f"bench-e2e-ours-{i + 1}", runs) for i in range(rounds)]
         amazon = prepare_callbacks(emulator, "bench-e2e-amazon", runs)
         stack = AirflowStack(
             dags_folder=DAGS_FOLDER,
@@ -211,20 +270,26 @@ def run_e2e(log_dir: Path, runs: int, time_limit: float, settle: float = SETTLE)
             for dag_id in ("bench_datetime_sensor", "bench_callback_sensor", "bench_sqs_sensor"):
                 stack.wait_for_dag(dag_id)
             startup = time.monotonic() - started
-            # Airflow alone first; the amazon sensors last (runs still waiting at their limit
-            # would poll on beside the others).
-            scenarios["DateTimeSensorAsync (Airflow alone)"] = run_datetime_dag(
-                stack, runs, time_limit, lead=max(90.0, runs * 2.0)
-            )
-            scenarios["SageMakerCallbackSensor"] = run_callback_dag(
-                stack, emulator, "bench_callback_sensor", ours, time_limit, settle
-            )
+            lead = max(90.0, runs * 2.0)
+            run_datetime_dag(stack, WARM_UP_RUNS, time_limit, lead=60.0)
+            # Airflow alone and this project's sensor in turn; the amazon sensors last (runs
+            # still waiting at their limit would poll on beside the others).
+            for i in range(rounds):
+                suffix = f", round {i + 1}" if rounds > 1 else ""
+                scenarios[f"DateTimeSensorAsync (Airflow alone){suffix}"] = run_datetime_dag(
+                    stack, runs, time_limit, lead=lead
+                )
+                scenarios[f"SageMakerCallbackSensor{suffix}"] = run_callback_dag(
+                    stack, emulator, "bench_callback_sensor", ours[i], time_limit, settle
+                )
             scenarios["SqsSensor"] = run_callback_dag(
                 stack, emulator, "bench_sqs_sensor", amazon, time_limit, settle
             )
             (log_dir / "e2e.airflow.log").write_text(stack.logs())
     return {
         "runs": runs,
+        "rounds": rounds,
+        "warm_up_runs": WARM_UP_RUNS,
         "time_limit_s": time_limit,
         "settle_s": settle,
         "settings": SETTINGS,

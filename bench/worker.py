@@ -148,7 +148,7 @@ async def run_ours(config: dict[str, Any], lag: LagMonitor) -> dict[str, Any]:
                 deadline=time.time() + SENSOR_TIMEOUT,
             )
             # The task instance it fires for, as the triggerer sets it.
-            trigger.task_instance = SimpleNamespace(  # type: ignore[assignment]
+            trigger.task_instance = SimpleNamespace(
                 dag_id="bench", run_id=f"run-{i}", task_id="wait", map_index=-1
             )
             harness.add(i, trigger)
