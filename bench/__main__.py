@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Logs: {logs}", flush=True)
     began = time.monotonic()
     payload: dict[str, Any] = {
-        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         "load_average_at_start": load_average(),
@@ -119,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads(previous.read_text())
         if "trigger_level" in earlier:
             payload["trigger_level"] = earlier["trigger_level"]
-            payload["trigger_level_from"] = {
+            # Figures kept through several end-to-end runs keep the run that measured them.
+            payload["trigger_level_from"] = earlier.get("trigger_level_from") or {
                 "command": earlier.get("command"),
                 "started_at": earlier.get("started_at"),
+                "machine": earlier.get("machine"),
             }
             all_figures = earlier["trigger_level"]["figures"]
     if not args.skip_trigger:

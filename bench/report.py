@@ -268,6 +268,12 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 DOC_BEGIN, DOC_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
+def _machine_of(machine: dict[str, Any] | None) -> str:
+    if not machine:
+        return "on a machine it did not record"
+    return f"on {machine['cpus']} CPUs ({machine['cpu']}), {machine['memory_gb']} GB, {machine['system']}"
+
+
 def write_doc(path: Path, payload: dict[str, Any]) -> None:
     """Put this run's tables between the result markers of ``path`` (docs/performance.md)."""
     m = payload["machine"]
@@ -285,7 +291,7 @@ def write_doc(path: Path, payload: dict[str, Any]) -> None:
     if trigger_level and earlier:
         parts.append(
             f"_The trigger-level figures are those of `{earlier['command']}` started at "
-            f"{earlier['started_at']}, on the same machine._"
+            f"{earlier['started_at']}, {_machine_of(earlier.get('machine'))}._"
         )
     if trigger_level:
         parts += [
