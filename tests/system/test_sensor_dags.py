@@ -6,6 +6,8 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +48,61 @@ def assert_no_token_in(result: DagRunResult, emulator: CallbackEmulator, *arns: 
                 assert token not in result.output, f"token of {step['StepName']} in the task logs"
 
 
+def deferred_waits(env: dict[str, str]) -> int:
+    """How many ``sensor_deferrable`` waits have deferred (their task instance has a next method)."""
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db", timeout=30) as conn:
+        row = conn.execute(
+            "select count(*) from task_instance where dag_id = 'sensor_deferrable' "
+            "and task_id = 'wait' and next_method = 'execute_complete'"
+        ).fetchone()
+    return int(row[0])
+
+
+@contextmanager
+def started_once_deferred(emulator: CallbackEmulator, name: str, env: dict[str, str]) -> Iterator[list[str]]:
+    """
+    Start an execution of ``name`` only once the sensor has poked and deferred, so that its
+    callback reaches the trigger and not the first poke, however slowly ``airflow dags test``
+    starts; the execution's ARN is in the yielded list after the block.
+    """
+    arns: list[str] = []
+    before = deferred_waits(env)
+
+    def start() -> None:
+        deadline = time.monotonic() + 180
+        while deferred_waits(env) == before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        arns.append(emulator.start_execution(name))
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    try:
+        yield arns
+    finally:
+        starter.join()
+
+
 @pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
 def test_each_mode_hands_the_callback_on(
     mode: str, emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
 ) -> None:
-    # The callback step starts after a slow first step, so the sensor waits before the
-    # message arrives (the deferral itself: test_message_arriving_while_deferred).
-    emulator.configure(step_delay_seconds=12)
-    name = pipeline(emulator, callback_queue, first_step="Prepare")
-    arn = emulator.start_execution(name)
-    result = dags_test(f"sensor_{mode}", {"queue_url": callback_queue, "execution_arn": arn}, env)
+    # The callback arrives while the sensor waits: for the deferrable sensor the execution starts
+    # once it deferred (matched on its arguments, the ARN being unknown before); for the others
+    # the callback step starts after a slow first step.
+    if mode == "deferrable":
+        name = pipeline(emulator, callback_queue)
+        with started_once_deferred(emulator, name, env) as arns:
+            result = dags_test(
+                "sensor_deferrable", {"queue_url": callback_queue, "arguments": {"step_name": "score"}}, env
+            )
+        (arn,) = arns
+    else:
+        emulator.configure(step_delay_seconds=12)
+        name = pipeline(emulator, callback_queue, first_step="Prepare")
+        arn = emulator.start_execution(name)
+        result = dags_test(f"sensor_{mode}", {"queue_url": callback_queue, "execution_arn": arn}, env)
     assert result.returncode == 0, result.output[-4000:]
+    assert ("running trigger in line" in result.output) == (mode == "deferrable")
     assert result.task_state("wait") == "success"
     assert result.task_state("close") == "success"
     callback = result.xcom["wait"]
@@ -189,46 +235,6 @@ def test_duplicate_delivery_yields_one_result(
     assert result.returncode == 0, result.output[-4000:]
     assert_closed(emulator, arn, "score")
     assert emulator.request_counts("sagemaker")["SendPipelineExecutionStepSuccess"] == 1
-    assert emulator.queue_messages(callback_queue) == []
-
-
-def test_message_arriving_while_deferred(
-    emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
-) -> None:
-    name = pipeline(emulator, callback_queue)
-    arns: list[str] = []
-    database = Path(env["AIRFLOW_HOME"]) / "airflow.db"
-
-    def deferred_waits() -> int:
-        with sqlite3.connect(database, timeout=30) as conn:
-            row = conn.execute(
-                "select count(*) from task_instance where dag_id = 'sensor_deferrable' "
-                "and task_id = 'wait' and next_method = 'execute_complete'"
-            ).fetchone()
-        return int(row[0])
-
-    before = deferred_waits()
-
-    def start_once_deferred() -> None:
-        # Start the execution only once the sensor has poked and deferred (its task instance
-        # then has a next method), so the callback reaches the trigger, not the first poke.
-        deadline = time.monotonic() + 180
-        while deferred_waits() == before and time.monotonic() < deadline:
-            time.sleep(0.5)
-        arns.append(emulator.start_execution(name))
-
-    starter = threading.Thread(target=start_once_deferred)
-    starter.start()
-    try:
-        result = dags_test(
-            "sensor_deferrable", {"queue_url": callback_queue, "arguments": {"step_name": "score"}}, env
-        )
-    finally:
-        starter.join()
-    assert result.returncode == 0, result.output[-4000:]
-    assert "running trigger in line" in result.output
-    assert result.xcom["wait"]["pipeline_execution_arn"] == arns[0]
-    assert_closed(emulator, arns[0], "score")
     assert emulator.queue_messages(callback_queue) == []
 
 
