@@ -351,9 +351,11 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
                 "and the work was not started"
             )
         result = {**callback.to_dict(), "queue_url": self.queue_url}
-        # Push explicitly before deleting: Airflow pushes a returned value only after execute.
-        context["ti"].xcom_push(key="return_value", value=result)
         if delete_when_handed_on:
+            # Push explicitly before deleting: Airflow pushes a returned value only after execute.
+            # (When the triggerer deletes, it does so once the task succeeded, after Airflow's
+            # own push of the returned value: one XCom write, not two.)
+            context["ti"].xcom_push(key="return_value", value=result)
             self._delete(receipt_handles)
         self.log.info(
             "Callback %s of %s (step %s, %s) handed on",
