@@ -88,10 +88,12 @@ class Batch:
     def trigger(self, n: int) -> None:
         self.stack.wait_for_dag(self.dag_id)
         self.emulator.create_pipeline(self.pipeline, DEFINITION)
-        for i in range(n):
-            run_id = f"{unique('rel')}-{i}"
-            self.stack.trigger(self.dag_id, {"queue_url": self.queue_url, "arguments": {"run": i}}, run_id)
-            self.runs[run_id] = i
+        runs = {f"{unique('rel')}-{i}": i for i in range(n)}
+        self.stack.trigger_all(
+            self.dag_id,
+            {run_id: {"queue_url": self.queue_url, "arguments": {"run": i}} for run_id, i in runs.items()},
+        )
+        self.runs.update(runs)
 
     def wait_until_waiting(self, state: str = "deferred", within: float = 300) -> None:
         """Wait until every run's sensor is in ``state``."""

@@ -16,7 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +227,23 @@ class AirflowStack:
         self.request(
             "POST", f"dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf}
         )
+
+    def trigger_all(self, dag_id: str, runs: Mapping[str, dict[str, Any]]) -> None:
+        """
+        Trigger a run of ``dag_id`` for each run id and conf in ``runs``, with the DAG paused
+        meanwhile, so that no task of these runs starts while the others are being created.
+
+        On SQLite, the API server's audit-log write of a ``POST .../dagRuns`` blocks its event
+        loop on the database lock while a task's ``PATCH .../run`` in flight holds that lock and
+        waits on the loop: both stall for the busy timeout (60 s), the task fails to start and the
+        POST answers 500. Creating the runs first, then unpausing, keeps the writes apart.
+        """
+        self.request("PATCH", f"dags/{dag_id}", {"is_paused": True})
+        try:
+            for run_id, conf in runs.items():
+                self.trigger(dag_id, conf, run_id)
+        finally:
+            self.request("PATCH", f"dags/{dag_id}", {"is_paused": False})
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return str(self.request("GET", f"dags/{dag_id}/dagRuns/{run_id}")["state"])

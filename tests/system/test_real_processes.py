@@ -38,8 +38,10 @@ def test_concurrent_runs_each_get_their_own_callback(
     deleted_before = stream_deletes(stack)
     count = 12
     runs = {f"{unique('run')}-{i}": i for i in range(count)}
-    for run_id, i in runs.items():
-        stack.trigger("sensor_deferrable", {"queue_url": callback_queue, "arguments": {"run": i}}, run_id)
+    stack.trigger_all(
+        "sensor_deferrable",
+        {run_id: {"queue_url": callback_queue, "arguments": {"run": i}} for run_id, i in runs.items()},
+    )
     # Each run waits for the execution whose callback carries its own number; the executions
     # start in random order and share the queue.
     arns: dict[int, str] = {}

@@ -221,6 +221,10 @@ def test_stopping_before_the_work_closes_the_step_and_skips(
     step = emulator.step(arn, "Score")
     assert step["StepStatus"] == "Failed"
     assert "stopping" in step["FailureReason"]
+    # The Executing and the Stopping message of one token, on the queue together: one close.
+    counts = emulator.request_counts("sagemaker")
+    assert counts["SendPipelineExecutionStepFailure"] == 1
+    assert counts.get("SendPipelineExecutionStepSuccess", 0) == 0
     assert emulator.queue_messages(callback_queue) == []
 
 
