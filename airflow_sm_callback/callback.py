@@ -931,3 +931,40 @@ def callback_steps_in_definition(definition: Mapping[str, Any] | str) -> dict[st
                 ) from None
         found[step.get("Name", "")] = outputs
     return found
+
+
+class CallbackStepError(RuntimeError):
+    """A callback step could not be closed (or looked up) the way it was asked."""
+
+
+class AmbiguousCallbackStep(CallbackStepError):
+    """Several callback steps of one execution are open; say which one with its step name."""
+
+
+def register_token(token: str) -> None:
+    """Register a callback token with Airflow's secrets masker (and the supervisor's), from sync code."""
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(token)
+
+
+async def register_token_async(token: str) -> None:
+    """Register a callback token with Airflow's secrets masker from async code (triggers)."""
+    from airflow.sdk.log import amask_secret
+
+    await amask_secret(token)
+
+
+def check_token(token: object) -> str:
+    """
+    Validate a callback token before any request.
+
+    :raises InvalidOutputParameters: never; raises :class:`ValueError` naming the defect (the
+        token itself is never printed).
+    """
+    if not isinstance(token, str) or not TOKEN_RE.fullmatch(token):
+        shape = f"{len(token)} characters" if isinstance(token, str) else f"a {type(token).__name__}"
+        raise ValueError(
+            f"callback token is malformed: expected exactly 10 characters [a-zA-Z0-9], got {shape}"
+        )
+    return token

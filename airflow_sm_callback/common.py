@@ -12,13 +12,16 @@ from airflow_sm_callback.callback import (
     TOKEN_RE,
     CallbackMessage,
     Outcome,
+    check_token,
     client_request_token,
+    register_token,
 )
-from airflow_sm_callback.hooks.callback import SageMakerCallbackHook, check_token, register_token
 
 if TYPE_CHECKING:
     import jinja2
     from airflow.sdk import Context
+
+    from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 
 #: Reason sent when a callback arrives with its execution already stopping.
 STOPPED_BEFORE_WORK = (
@@ -93,7 +96,14 @@ class CallbackAwsMixin:
 
     @cached_property
     def hook(self) -> SageMakerCallbackHook:
-        """The hook on this task's connection (built on first use, never in ``__init__``)."""
+        """
+        The hook on this task's connection (built on first use, never in ``__init__``).
+
+        Imported here, not with the module: boto3 and the amazon provider take about a second to
+        import, which a DAG file's parse and a resumed sensor that makes no AWS request skip.
+        """
+        from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
+
         return SageMakerCallbackHook(
             aws_conn_id=self.aws_conn_id,
             region_name=self.region_name,

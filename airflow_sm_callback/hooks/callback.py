@@ -25,21 +25,25 @@ from botocore.exceptions import ClientError
 
 from airflow_sm_callback.callback import (
     CLOSED_STEP_STATUSES,
-    TOKEN_RE,
+    AmbiguousCallbackStep,
     CallbackMatcher,
     CallbackMessage,
     CallbackStatus,
     CallbackStep,
+    CallbackStepError,
     InvalidOutputParameters,
     Outcome,
     OutputType,
     ReceivedMessages,
     UnparsedMessage,
     callback_steps_in_definition,
+    check_token,
     client_request_token,
     encode_output_parameters,
     mask_token,
     parse_execution_arn,
+    register_token,
+    register_token_async,
     truncate_failure_reason,
 )
 from airflow_sm_callback.pipeline import OUTPUT_REF_RE, ExpressionError, cast_value, find_step, resolve
@@ -57,14 +61,6 @@ DEFAULT_MAX_ATTEMPTS: Final = 6
 CLOSE_CONFLICT_CODES: Final = frozenset({"ConflictException", "ResourceNotFound"})
 #: Close requests made while such an answer comes back for a step that is still open.
 CLOSE_ATTEMPTS: Final = 4
-
-
-class CallbackStepError(RuntimeError):
-    """A callback step could not be closed (or looked up) the way it was asked."""
-
-
-class AmbiguousCallbackStep(CallbackStepError):
-    """Several callback steps of one execution are open; say which one with its step name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1027,35 +1023,6 @@ def _stop_op(execution_arn: str, client_request_token: str | None) -> _Op[None]:
     if client_request_token:
         kwargs["ClientRequestToken"] = check_request_token(client_request_token)
     yield _Call("sagemaker", "stop_pipeline_execution", kwargs)
-
-
-def register_token(token: str) -> None:
-    """Register a callback token with Airflow's secrets masker (and the supervisor's), from sync code."""
-    from airflow.sdk.log import mask_secret
-
-    mask_secret(token)
-
-
-async def register_token_async(token: str) -> None:
-    """Register a callback token with Airflow's secrets masker from async code (triggers)."""
-    from airflow.sdk.log import amask_secret
-
-    await amask_secret(token)
-
-
-def check_token(token: object) -> str:
-    """
-    Validate a callback token before any request.
-
-    :raises InvalidOutputParameters: never; raises :class:`ValueError` naming the defect (the
-        token itself is never printed).
-    """
-    if not isinstance(token, str) or not TOKEN_RE.fullmatch(token):
-        shape = f"{len(token)} characters" if isinstance(token, str) else f"a {type(token).__name__}"
-        raise ValueError(
-            f"callback token is malformed: expected exactly 10 characters [a-zA-Z0-9], got {shape}"
-        )
-    return token
 
 
 def check_request_token(crt: str) -> str:

@@ -16,11 +16,13 @@ from airflow.sdk.exceptions import (
 )
 
 from airflow_sm_callback.callback import (
+    AmbiguousCallbackStep,
     CallbackMatcher,
     CallbackMessage,
     CallbackStatus,
     Outcome,
     mask_token,
+    register_token,
 )
 from airflow_sm_callback.common import (
     AWS_TEMPLATE_FIELDS,
@@ -30,8 +32,6 @@ from airflow_sm_callback.common import (
     rendered_optional,
     request_token_for,
 )
-from airflow_sm_callback.hooks.callback import AmbiguousCallbackStep
-from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -196,6 +196,9 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         wherever the trigger runs (``airflow dags test`` included); the deferral's own timeout,
         a minute later, is a backstop.
         """
+        # Imported here: the trigger brings aiobotocore, which a resumed sensor does not need.
+        from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger
+
         deadline = time.time() + self.timeout
         self.defer(
             trigger=SageMakerCallbackTrigger(
@@ -310,13 +313,12 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         :return: the XCom dict, or ``None`` when the message was stale (its step already closed).
         :raises AirflowSkipException: when the execution is stopping (the step is closed first).
         """
-        hook = self.hook
-        hook.mask(callback.token)
+        register_token(callback.token)
         arn = callback.pipeline_execution_arn
         step = None
         if check_step:
             try:
-                step = hook.find_callback_step(arn, token=callback.token)
+                step = self.hook.find_callback_step(arn, token=callback.token)
             except Exception as err:
                 self.log.warning("Could not look up the callback step of %s: %s", arn, err)
         if step is not None and step.is_closed:
@@ -334,11 +336,11 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         stopping = callback.is_stopping or (step is not None and step.status == "Stopping")
         if not stopping and check_step:
             try:
-                stopping = hook.describe_execution(arn).get("PipelineExecutionStatus") == "Stopping"
+                stopping = self.hook.describe_execution(arn).get("PipelineExecutionStatus") == "Stopping"
             except Exception as err:
                 self.log.warning("Could not describe %s: %s", arn, err)
         if stopping:
-            hook.send_step_failure(
+            self.hook.send_step_failure(
                 callback.token,
                 STOPPED_BEFORE_WORK,
                 client_request_token=request_token_for(context, callback.token, Outcome.FAILURE),
