@@ -297,7 +297,8 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         check_step: bool = True,
     ) -> dict[str, Any] | None:
         """
-        Check the callback against the step's state, push it to XCom, then delete its messages.
+        Check the callback against the step's state, push it to XCom, then delete its messages
+        (or, when the triggerer deletes them, return it for Airflow's own push).
 
         :param check_step: look the step and the execution up first (``ListPipelineExecutionSteps``,
             ``DescribePipelineExecution``): a callback whose step is closed is stale, and one of a

@@ -233,10 +233,10 @@ class AirflowStack:
         Trigger a run of ``dag_id`` for each run id and conf in ``runs``, with the DAG paused
         meanwhile, so that no task of these runs starts while the others are being created.
 
-        On SQLite, the API server's audit-log write of a ``POST .../dagRuns`` blocks its event
-        loop on the database lock while a task's ``PATCH .../run`` in flight holds that lock and
-        waits on the loop: both stall for the busy timeout (60 s), the task fails to start and the
-        POST answers 500. Creating the runs first, then unpausing, keeps the writes apart.
+        On SQLite, a ``POST .../dagRuns`` made while a task's ``PATCH .../run`` was in flight
+        was seen to stall both for the busy timeout (60 s): the POST's audit-log insert answered
+        500 (database locked) and the task failed to start. Creating the runs first, then
+        unpausing, keeps these writes apart.
         """
         self.request("PATCH", f"dags/{dag_id}", {"is_paused": True})
         try:
