@@ -336,6 +336,36 @@ async def _supervisor_task_states(keys: Sequence[TaskKey]) -> dict[TaskKey, str 
     return states
 
 
+#: The background look of :func:`warm_task_states` (one per process).
+_warming: asyncio.Task[None] | None = None
+
+
+def warm_task_states(owner: TaskKey) -> None:
+    """
+    Make this process's first ``GetTaskStates`` now, in the background, for ``owner``.
+
+    A triggerer's supervisor builds its in-process execution API on the first request that needs
+    it (several CPU-seconds, on the supervisor's only thread, which meanwhile writes no trigger
+    events). Triggers that load their connection from the metadata database make that request
+    when they start; with a connection from an environment variable or a secrets backend the
+    first request would otherwise be the confirmer's first look, two seconds after a burst of
+    callbacks, on a machine busy starting the resumed tasks. Once per process, when the first
+    trigger of a shared stream starts waiting.
+    """
+    global _warming
+    source = task_states_source()
+    if _warming is not None or source is None:
+        return
+
+    async def look() -> None:
+        try:
+            await source([owner])
+        except Exception as err:
+            log.debug("The first task state look failed: %s", err)
+
+    _warming = asyncio.get_running_loop().create_task(look(), name="sagemaker-callback-warm-states")
+
+
 @dataclass(eq=False, slots=True)
 class _Watch:
     handoff: HandOff
@@ -1355,6 +1385,9 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         loop = asyncio.get_running_loop()
         remaining = self._remaining()
         until = None if remaining is None else loop.time() + remaining
+        owner = self._owner() if once else None
+        if owner is not None:
+            warm_task_states(owner)
         try:
             if once and (handoff := await self._taken_again()) is not None:
                 callback = handoff.callback

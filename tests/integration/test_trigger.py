@@ -626,3 +626,32 @@ async def test_a_failed_delete_of_handed_on_messages_is_made_again(
     deletes = [r["status"] for r in emulator.requests("sqs") if r["action"] == "DeleteMessageBatch"]
     # Transient: deleted by the next attempt within 40 s, long before its 300-second hold ends.
     assert deletes == ([500] * 6 + [200] if error == "transient" else [400, 200])
+
+
+async def test_the_first_waiting_trigger_makes_the_process_s_first_task_state_look(
+    callback_queue: str, aws_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A triggerer's supervisor builds its in-process API on the first request that needs it
+    (seconds of CPU): the first trigger that waits makes that request at once, long before a
+    burst of callbacks, and no trigger makes it again.
+    """
+    from airflow_sm_callback.triggers import callback as module
+
+    monkeypatch.setattr(module, "_warming", None)
+    execution = "arn:aws:sagemaker:us-east-1:111122223333:pipeline/p/execution/x"
+    looks: list[list[TaskKey]] = []
+    async with SharedStreamHarness(persist_delay=0.3) as harness:
+        harness_source = module.use_task_states(None)
+        assert harness_source is not None
+
+        async def recording(keys: Any) -> Any:
+            looks.append(list(keys))
+            return await harness_source(keys)
+
+        module.use_task_states(recording)
+        for i in range(3):
+            harness.add(i, task_trigger(callback_queue, aws_conn, f"{execution}{i}", run_id=f"run-{i}"))
+        await asyncio.sleep(2)
+        assert not harness.events
+    assert looks == [[TaskKey("d", "run-0", "wait")]]
