@@ -336,8 +336,8 @@ async def _supervisor_task_states(keys: Sequence[TaskKey]) -> dict[TaskKey, str 
     return states
 
 
-#: The background look of :func:`warm_task_states` (one per process).
-_warming: asyncio.Task[None] | None = None
+#: The background look of :func:`warm_task_states` (one per process, once started).
+_warming: list[asyncio.Task[None]] = []
 
 
 def warm_task_states(owner: TaskKey) -> None:
@@ -352,9 +352,8 @@ def warm_task_states(owner: TaskKey) -> None:
     callbacks, on a machine busy starting the resumed tasks. Once per process, when the first
     trigger of a shared stream starts waiting.
     """
-    global _warming
     source = task_states_source()
-    if _warming is not None or source is None:
+    if _warming or source is None:
         return
 
     async def look() -> None:
@@ -363,7 +362,7 @@ def warm_task_states(owner: TaskKey) -> None:
         except Exception as err:
             log.debug("The first task state look failed: %s", err)
 
-    _warming = asyncio.get_running_loop().create_task(look(), name="sagemaker-callback-warm-states")
+    _warming.append(asyncio.get_running_loop().create_task(look(), name="sagemaker-callback-warm-states"))
 
 
 @dataclass(eq=False, slots=True)

@@ -638,7 +638,7 @@ async def test_the_first_waiting_trigger_makes_the_process_s_first_task_state_lo
     """
     from airflow_sm_callback.triggers import callback as module
 
-    monkeypatch.setattr(module, "_warming", None)
+    monkeypatch.setattr(module, "_warming", [])
     execution = "arn:aws:sagemaker:us-east-1:111122223333:pipeline/p/execution/x"
     looks: list[list[TaskKey]] = []
     async with SharedStreamHarness(persist_delay=0.3) as harness:
