@@ -352,8 +352,10 @@ def warm_task_states(owner: TaskKey) -> None:
     callbacks, on a machine busy starting the resumed tasks. Once per process, when the first
     trigger of a shared stream starts waiting.
     """
+    if _warming:
+        return
     source = task_states_source()
-    if _warming or source is None:
+    if source is None:
         return
 
     async def look() -> None:
@@ -1384,7 +1386,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         loop = asyncio.get_running_loop()
         remaining = self._remaining()
         until = None if remaining is None else loop.time() + remaining
-        owner = self._owner() if once else None
+        owner = self._owner()  # None unless it fires once, for a task
         if owner is not None:
             warm_task_states(owner)
         try:
@@ -1440,7 +1442,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                         continue
                     if once:
                         delivery.hold = self.handoff_visibility
-                        delivery.owner = self._owner()
+                        delivery.owner = owner
                         if delivery.owner is not None and task_states_source() is not None:
                             delivery.deleted_by = "triggerer"
                     self._fired(callback, delivery.message_ids)
