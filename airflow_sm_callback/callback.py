@@ -24,7 +24,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final, Literal
 
-from airflow_sm_callback.pipeline import walk_steps
+from airflow_sm_callback.protocol.expressions import walk_steps
 
 __all__ = [
     "MAX_BODY_BYTES",

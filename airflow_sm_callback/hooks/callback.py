@@ -46,7 +46,7 @@ from airflow_sm_callback.callback import (
     register_token_async,
     truncate_failure_reason,
 )
-from airflow_sm_callback.pipeline import OUTPUT_REF_RE, ExpressionError, cast_value, find_step, resolve
+from airflow_sm_callback.protocol.expressions import OUTPUT_REF_RE, ExpressionError, cast_value, find_step, resolve
 
 T = TypeVar("T")
 

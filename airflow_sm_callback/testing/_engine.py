@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from airflow_sm_callback.pipeline import (
+from airflow_sm_callback.protocol.expressions import (
     OUTPUT_REF_RE,
     STEP_REF_RE,
     ExpressionError,

@@ -1,0 +1,1 @@
+"""The SageMaker Pipelines callback-step protocol, in plain Python (no Airflow)."""
