@@ -20,7 +20,8 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.sqs.models import Queue, sqs_backends
 
 from airflow_sm_callback.testing import CallbackEmulator
-from airflow_sm_callback.testing._server import MOTO_LOCK, FastScanQueue, fast_scans
+from airflow_sm_callback.testing._lock import MOTO_LOCK
+from airflow_sm_callback.testing._moto import FastScanQueue, fast_scans
 
 pytestmark = pytest.mark.integration
 

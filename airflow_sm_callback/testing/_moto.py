@@ -1,0 +1,497 @@
+"""
+Everything the emulator takes from inside moto (or werkzeug), each use named, and its check.
+
+Written against moto 5.2.5 and werkzeug 3.1.9. The other modules use their public surface only
+(moto's backends and their methods, its response classes, ``create_backend_app``,
+``DomainDispatcherApplication``, werkzeug's ``make_server``). What no public call does sits
+here, each behind a function or class whose docstring names the version it was written against
+and the public alternative, if any:
+
+- :class:`FastScanQueue` and :func:`fast_scans`: a subclass of moto's ``Queue`` put in place of
+  a queue's class, reading ``Queue._messages``, for cheap scans and a long poll that gives up
+  :data:`~._lock.MOTO_LOCK` while it waits;
+- :func:`all_messages`: every message of a queue, without receiving it (``Queue._messages``);
+- :func:`purge_now`: moto's ``SQSBackend.purge_queue`` without its once-a-minute limit.
+
+:func:`check_moto` verifies that the installed moto and werkzeug still have every attribute
+and behaviour these rely on, and the few public but undocumented ones the other modules
+override or match; it raises :class:`MotoCompatibilityError` naming each one that changed. The
+server calls it before it starts, so that a changed moto shows as that error, not as an
+``AttributeError`` deep inside a request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Final, cast
+
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.utils import camelcase_to_underscores, convert_to_flask_response, unix_time_millis
+from moto.sagemaker import urls as sagemaker_urls
+from moto.sagemaker.responses import SageMakerResponse
+from moto.sqs.models import Message, Queue, SQSBackend
+from werkzeug.serving import WSGIRequestHandler
+
+from ._lock import MOTO_LOCK
+
+__all__ = [
+    "MOTO_WRITTEN_AGAINST",
+    "WERKZEUG_WRITTEN_AGAINST",
+    "FastScanQueue",
+    "MotoCompatibilityError",
+    "MotoSurface",
+    "all_messages",
+    "check_moto",
+    "fast_scans",
+    "purge_now",
+]
+
+#: The moto release this module was written against.
+MOTO_WRITTEN_AGAINST: Final = "5.2.5"
+#: The werkzeug release this module was written against.
+WERKZEUG_WRITTEN_AGAINST: Final = "3.1.9"
+
+
+# ---------------------------------------------------------------------- SQS queues
+
+
+@functools.cache
+def _attribute_name(attribute: str) -> str:
+    return str(camelcase_to_underscores(attribute))
+
+
+class FastScanQueue(Queue):
+    """
+    moto's SQS queue, with the scans of its messages made cheap; it behaves the same.
+
+    moto computes a queue's attributes (three scans of every message, each reading the clock
+    once or twice per message at about 10 microseconds a read, and the attribute names
+    converted anew) three times for every message it receives and once for every message it
+    sends, and lists the visible messages the same way on every receive: with 1,000 messages on
+    a queue one ``ReceiveMessage`` of 10 took a second. Here one scan of ``Queue._messages``
+    reads the clock once and compares the numbers ``Message.visible`` and ``Message.delayed``
+    compare, and :attr:`attributes` counts all three in that one scan; otherwise it is moto's
+    property, line for line (a test and :func:`check_moto` compare the two). A long poll gives
+    up :data:`~._lock.MOTO_LOCK` while it waits in :meth:`wait_for_messages`.
+
+    Written against moto 5.2.5. Public alternative: none; moto's queue has no hook for its
+    scans and ``SQSBackend.create_queue`` always makes a plain ``Queue``.
+    """
+
+    @property
+    def messages(self) -> list[Any]:
+        now = unix_time_millis()
+        return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
+
+    def wait_for_messages(self, timeout: int) -> None:
+        # A long poll waiting for messages lets every other request through.
+        with MOTO_LOCK.released():
+            super().wait_for_messages(timeout)
+
+    def _counts(self) -> dict[str, int]:
+        now = unix_time_millis()
+        # moto asks for the counts 3 times per message it receives or sends, in one request,
+        # and never reads them there: one count per request and millisecond serves them all.
+        key = (MOTO_LOCK.generation, int(now), len(self._messages))
+        cached = self.__dict__.get("_fast_counts")
+        if cached is not None and cached[0] == key:
+            return cast("dict[str, int]", cached[1])
+        visible = delayed = hidden = 0
+        for message in self._messages:
+            is_delayed = now < message.delayed_until
+            delayed += is_delayed
+            if now > message.visible_at:
+                visible += not is_delayed
+            else:
+                hidden += 1
+        counts = {
+            "ApproximateNumberOfMessages": visible,
+            "ApproximateNumberOfMessagesDelayed": delayed,
+            "ApproximateNumberOfMessagesNotVisible": hidden,
+        }
+        self.__dict__["_fast_counts"] = (key, counts)
+        return counts
+
+    @property
+    def approximate_number_of_messages_delayed(self) -> int:
+        return self._counts()["ApproximateNumberOfMessagesDelayed"]
+
+    @property
+    def approximate_number_of_messages_not_visible(self) -> int:
+        return self._counts()["ApproximateNumberOfMessagesNotVisible"]
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        counts = self._counts()
+        result: dict[str, Any] = {}
+        for attribute in self.BASE_ATTRIBUTES:
+            result[attribute] = (
+                counts[attribute] if attribute in counts else getattr(self, _attribute_name(attribute))
+            )
+        if self.fifo_queue:
+            for attribute in self.FIFO_ATTRIBUTES:
+                result[attribute] = getattr(self, _attribute_name(attribute))
+        if self.kms_master_key_id:
+            for attribute in self.KMS_ATTRIBUTES:
+                result[attribute] = getattr(self, _attribute_name(attribute))
+        if self.policy:
+            result["Policy"] = self.policy
+        if self.redrive_policy:
+            result["RedrivePolicy"] = json.dumps(self.redrive_policy)
+        for key, value in result.items():
+            if isinstance(value, bool):
+                result[key] = str(value).lower()
+        return result
+
+
+def fast_scans(queue: Any) -> Any:
+    """
+    Make one of moto's queues a :class:`FastScanQueue` (same state, same behaviour).
+
+    Written against moto 5.2.5: assigns the queue's ``__class__`` (moto's ``Queue`` has no
+    ``__slots__``, so the two classes' instances are laid out alike). Public alternative: none
+    (see :class:`FastScanQueue`).
+
+    :param queue: a queue from moto's SQS backend.
+    :return: the same queue.
+    """
+    if type(queue) is Queue:
+        queue.__class__ = FastScanQueue
+    return queue
+
+
+def all_messages(queue: Any) -> list[Any]:
+    """
+    Every message on one of moto's queues, oldest first: in flight and delayed ones included.
+
+    Written against moto 5.2.5: a copy of ``Queue._messages``. Call it under
+    :data:`~._lock.MOTO_LOCK`. Public alternative: none; ``Queue.messages`` holds only the
+    visible, undelayed messages and ``receive_message`` changes receive counts and visibility.
+    """
+    return list(queue._messages)
+
+
+def purge_now(backend: Any, queue: Any) -> int:
+    """
+    Drop every message on a queue through moto's ``SQSBackend.purge_queue``, with no rate limit.
+
+    moto refuses a second purge within 60 seconds of ``Queue.last_purged_at``
+    (``PurgeQueueInProgress``) and records the time of each purge. Here that time is cleared for
+    the call and the previous one put back, so the emulator's purges neither wait for nor hold
+    up a ``PurgeQueue`` request. Call it under :data:`~._lock.MOTO_LOCK`.
+
+    Written against moto 5.2.5 (``last_purged_at`` is public, but that moto keeps the limit
+    there is its implementation). Public alternative: ``SQSBackend.purge_queue`` alone, which
+    has the once-a-minute limit.
+
+    :param backend: the queue's SQS backend.
+    :param queue: the queue.
+    :return: how many messages were dropped.
+    """
+    count = len(all_messages(queue))
+    previous = queue.last_purged_at
+    queue.last_purged_at = None
+    try:
+        backend.purge_queue(queue.name)
+    finally:
+        queue.last_purged_at = previous
+    return count
+
+
+# ---------------------------------------------------------------------- the check
+
+
+class MotoCompatibilityError(RuntimeError):
+    """The installed moto (or werkzeug) no longer has something the emulator relies on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MotoSurface:
+    """
+    The moto and werkzeug objects :func:`check_moto` inspects; the installed ones by default.
+
+    A test passes stand-ins to see the check fail.
+    """
+
+    queue: type[Any] = Queue
+    message: type[Any] = Message
+    sqs_backend: type[Any] = SQSBackend
+    sagemaker_response: type[Any] = SageMakerResponse
+    sagemaker_url_paths: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: dict(sagemaker_urls.url_paths)
+    )
+    flask_view: Callable[[Any], Any] = convert_to_flask_response
+    request_handler: type[Any] = WSGIRequestHandler
+
+
+#: Checks one reliance; returns what is wrong, ``None`` when all is well.
+_Check = Callable[[MotoSurface], "str | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reliance:
+    name: str
+    purpose: str
+    check: _Check
+
+
+def _probe_queue(surface: MotoSurface) -> Any:
+    return surface.queue("emulator-check", "us-east-1", DEFAULT_ACCOUNT_ID)
+
+
+def _code_names(function: Any) -> tuple[str, ...]:
+    code = getattr(function, "__code__", None)
+    return tuple(code.co_names) if code is not None else ()
+
+
+def _accepts(function: Any, *args: Any) -> bool:
+    try:
+        inspect.signature(function).bind(*args)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _check_messages_list(surface: MotoSurface) -> str | None:
+    value = getattr(_probe_queue(surface), "_messages", None)
+    if value is None:
+        return "a new queue has no _messages attribute"
+    return None if isinstance(value, list) else f"is a {type(value).__name__}, not a list"
+
+
+def _check_property(name: str) -> _Check:
+    def check(surface: MotoSurface) -> str | None:
+        try:
+            found = inspect.getattr_static(surface.queue, name)
+        except AttributeError:
+            return "missing"
+        return None if isinstance(found, property) else f"is a {type(found).__name__}, not a property"
+
+    return check
+
+
+def _check_attributes_copy(surface: MotoSurface) -> str | None:
+    probe = _probe_queue(surface)
+    expected = surface.queue.attributes.fget(probe)
+    probe.__class__ = FastScanQueue
+    actual = probe.attributes
+    if actual == expected:
+        return None
+    differing = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+    return f"moto's answer and FastScanQueue's copy differ in {', '.join(differing)}"
+
+
+def _check_class_swap(surface: MotoSurface) -> str | None:
+    probe = _probe_queue(surface)
+    try:
+        probe.__class__ = FastScanQueue
+    except TypeError as exc:
+        return f"a queue's class cannot be swapped for FastScanQueue: {exc}"
+    return None
+
+
+def _check_wait_for_messages(surface: MotoSurface) -> str | None:
+    method = getattr(surface.queue, "wait_for_messages", None)
+    if not callable(method):
+        return "missing"
+    return None if _accepts(method, None, 1) else "no longer takes (timeout)"
+
+
+def _check_receive_waits(surface: MotoSurface) -> str | None:
+    if "wait_for_messages" in _code_names(getattr(surface.sqs_backend, "receive_message", None)):
+        return None
+    return "SQSBackend.receive_message no longer waits in Queue.wait_for_messages"
+
+
+def _check_last_purged_at(surface: MotoSurface) -> str | None:
+    if not hasattr(_probe_queue(surface), "last_purged_at"):
+        return "a new queue has no last_purged_at attribute"
+    if "last_purged_at" not in _code_names(getattr(surface.sqs_backend, "purge_queue", None)):
+        return "SQSBackend.purge_queue no longer keeps its limit in Queue.last_purged_at"
+    return None
+
+
+def _check_visibility_numbers(surface: MotoSurface) -> str | None:
+    message = surface.message("emulator-check", "body")
+    for name in ("visible_at", "delayed_until"):
+        if not isinstance(getattr(message, name, None), int | float):
+            return f"a new message has no number {name}"
+    later = unix_time_millis() + 60_000
+    message.visible_at, message.delayed_until = later, 0.0
+    hidden = (message.visible, message.delayed)
+    message.visible_at, message.delayed_until = 0.0, later
+    delayed = (message.visible, message.delayed)
+    if hidden != (False, False) or delayed != (True, True):
+        return "Message.visible and Message.delayed no longer follow visible_at and delayed_until"
+    return None
+
+
+#: The fields of moto's messages that ``queue_messages()`` shows.
+_PEEKED_MESSAGE_FIELDS: Final = (
+    "id",
+    "body",
+    "body_md5",
+    "sent_timestamp",
+    "approximate_receive_count",
+    "approximate_first_receive_timestamp",
+    "sender_id",
+    "group_id",
+    "message_attributes",
+)
+
+
+def _check_message_fields(surface: MotoSurface) -> str | None:
+    message = surface.message("emulator-check", "body")
+    missing = [name for name in _PEEKED_MESSAGE_FIELDS if not hasattr(message, name)]
+    return f"a new message has no {', '.join(missing)}" if missing else None
+
+
+def _check_parsed_params(surface: MotoSurface) -> str | None:
+    if getattr(surface.sagemaker_response(), "automated_parameter_parsing", False) is not True:
+        return "SageMakerResponse no longer parses its requests into .params"
+    return None
+
+
+def _check_sagemaker_views(surface: MotoSurface) -> str | None:
+    dispatch = getattr(surface.sagemaker_response, "dispatch", None)
+    if dispatch is None:
+        return "SageMakerResponse.dispatch is missing"
+    if not any(handler == dispatch for handler in surface.sagemaker_url_paths.values()):
+        return "moto.sagemaker.urls.url_paths no longer routes to SageMakerResponse.dispatch"
+    if getattr(surface.flask_view(dispatch), "callback", None) != dispatch:
+        return "convert_to_flask_response no longer keeps the handler in .callback"
+    return None
+
+
+def _check_handler_method(name: str) -> _Check:
+    def check(surface: MotoSurface) -> str | None:
+        return None if callable(inspect.getattr_static(surface.request_handler, name, None)) else "missing"
+
+    return check
+
+
+_QUEUE: Final = "moto.sqs.models.Queue"
+_RELIANCES: Final = (
+    _Reliance(
+        f"{_QUEUE}._messages",
+        "reads every message of a queue, in flight and delayed ones included "
+        "(FastScanQueue's scans, queue_messages(), purge_queue()'s count)",
+        _check_messages_list,
+    ),
+    *(
+        _Reliance(
+            f"{_QUEUE}.{name}",
+            "overrides this property in FastScanQueue, answering it from one cheap scan",
+            _check_property(name),
+        )
+        for name in (
+            "messages",
+            "attributes",
+            "approximate_number_of_messages_delayed",
+            "approximate_number_of_messages_not_visible",
+        )
+    ),
+    _Reliance(
+        f"{_QUEUE}.attributes (moto's answer)",
+        "answers GetQueueAttributes with FastScanQueue's copy of this property",
+        _check_attributes_copy,
+    ),
+    _Reliance(
+        f"{_QUEUE}.__class__",
+        "turns moto's queues into FastScanQueue in place (fast_scans())",
+        _check_class_swap,
+    ),
+    _Reliance(
+        f"{_QUEUE}.wait_for_messages",
+        "gives up the lock on moto's state while a long poll waits (FastScanQueue)",
+        _check_wait_for_messages,
+    ),
+    _Reliance(
+        "moto.sqs.models.SQSBackend.receive_message",
+        "relies on a long poll waiting in Queue.wait_for_messages; waiting elsewhere it would "
+        "hold the lock on moto's state and stall every other request",
+        _check_receive_waits,
+    ),
+    _Reliance(
+        f"{_QUEUE}.last_purged_at",
+        "purges a queue through SQSBackend.purge_queue without its once-a-minute limit (purge_queue())",
+        _check_last_purged_at,
+    ),
+    _Reliance(
+        "moto.sqs.models.Message.visible_at / delayed_until",
+        "compares these numbers with the clock the way Message.visible and Message.delayed do "
+        "(FastScanQueue)",
+        _check_visibility_numbers,
+    ),
+    _Reliance(
+        "moto.sqs.models.Message fields",
+        "shows each message's fields in queue_messages()",
+        _check_message_fields,
+    ),
+    _Reliance(
+        "moto.sagemaker.responses.SageMakerResponse.params",
+        "reads the SageMaker requests' parameters from it (CallbackSageMakerResponse)",
+        _check_parsed_params,
+    ),
+    _Reliance(
+        "moto.sagemaker.urls.url_paths",
+        "finds the SageMaker app's views that call SageMakerResponse.dispatch and puts "
+        "CallbackSageMakerResponse.dispatch in their place",
+        _check_sagemaker_views,
+    ),
+    *(
+        _Reliance(
+            f"werkzeug.serving.WSGIRequestHandler.{name}",
+            "overrides run_wsgi in the keep-alive request handler and builds the WSGI environ with "
+            "make_environ; requests it cannot keep alive go to werkzeug's run_wsgi",
+            _check_handler_method(name),
+        )
+        for name in ("run_wsgi", "make_environ")
+    ),
+)
+
+
+def _installed(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
+def check_moto(surface: MotoSurface | None = None) -> tuple[str, ...]:
+    """
+    Verify that moto and werkzeug still have everything the emulator relies on.
+
+    Each reliance is checked for existence and shape (a list, a property, a method taking a
+    timeout, a number driving ``Message.visible``...) and, where cheap, behaviour
+    (``FastScanQueue.attributes`` against moto's property on a new queue). Takes about a
+    millisecond; the server runs it before it starts.
+
+    :param surface: the objects to inspect (the installed moto and werkzeug when omitted).
+    :return: the names of the reliances checked.
+    :raises MotoCompatibilityError: naming every reliance that failed, the installed and the
+        expected versions and what the emulator uses each for.
+    """
+    surface = surface or MotoSurface()
+    problems: list[str] = []
+    for reliance in _RELIANCES:
+        try:
+            problem = reliance.check(surface)
+        except Exception as exc:
+            problem = f"checking it raised {type(exc).__name__}: {exc}"
+        if problem is not None:
+            problems.append(f"- {reliance.name}: {problem}. The emulator {reliance.purpose}.")
+    if problems:
+        raise MotoCompatibilityError(
+            f"The callback emulator does not work with moto {_installed('moto')} and werkzeug "
+            f"{_installed('werkzeug')}: it was written against moto {MOTO_WRITTEN_AGAINST} and "
+            f"werkzeug {WERKZEUG_WRITTEN_AGAINST}, and what it relies on changed:\n"
+            + "\n".join(problems)
+            + f"\nInstall moto[server]=={MOTO_WRITTEN_AGAINST}, or adapt airflow_sm_callback/testing/_moto.py."
+        )
+    return tuple(reliance.name for reliance in _RELIANCES)
