@@ -11,7 +11,8 @@ on ``Fail`` steps; ``SendPipelineExecutionStepSuccess``/``Failure``, ``StopPipel
 service) is moto's own. Any boto3 user can talk to it; nothing here imports Airflow.
 
 Everything a test reads or changes goes over HTTP control endpoints under ``/_emulator/`` on the
-same server, so a handle from :meth:`CallbackEmulator.connect` to an emulator in another process
+same server (:class:`~._control.ControlEndpoints`, the request log, faults, settings and queue
+peeks), so a handle from :meth:`CallbackEmulator.connect` to an emulator in another process
 (``python -m airflow_sm_callback.testing``) works exactly like the one that started it.
 
 Settings (:meth:`CallbackEmulator.configure`) cover what the service leaves undocumented; every
@@ -46,16 +47,14 @@ import json
 import pathlib
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypedDict
-from urllib.parse import urlencode
+from typing import TYPE_CHECKING, Any, Final
 
 import boto3
 from botocore.config import Config
+
+from ._control import ControlEndpoints, EmulatorError, RequestRecord
 
 if TYPE_CHECKING:
     from ._server import EmulatorServer
@@ -80,31 +79,6 @@ FINISHED_STATUSES: Final = frozenset({"Succeeded", "Failed", "Stopped"})
 _INTERNAL_HEADER: Final = "X-Emulator-Internal"
 
 
-class EmulatorError(RuntimeError):
-    """A control endpoint refused a request, or the emulator is not reachable."""
-
-
-class RequestRecord(TypedDict):
-    """One AWS request the emulator served."""
-
-    #: Signing name of the service: ``sqs``, ``sagemaker``, ...
-    service: str
-    #: ``ReceiveMessage``, ``SendPipelineExecutionStepSuccess``, ... (``"GET /path"`` for REST).
-    action: str
-    #: HTTP status answered.
-    status: int
-    #: Epoch seconds when the answer was ready.
-    time: float
-    #: :func:`time.monotonic` of the server process at the same moment.
-    monotonic: float
-    #: Seconds spent answering.
-    duration: float
-    #: Sent by the emulator's own helpers (``create_queue`` ...), not by the code under test.
-    internal: bool
-    #: The injected fault that answered it, if any.
-    fault_id: str | None
-
-
 def _json_text(value: object) -> str:
     """Encode a parameter value as SageMaker expects it on the wire (a string)."""
     if isinstance(value, str):
@@ -116,7 +90,7 @@ def _json_text(value: object) -> str:
     return json.dumps(value)
 
 
-class CallbackEmulator:
+class CallbackEmulator(ControlEndpoints):
     """
     The SageMaker Pipelines callback side plus moto's SQS, on a local HTTP server.
 
@@ -137,16 +111,15 @@ class CallbackEmulator:
         region: str = DEFAULT_REGION,
         settings: Mapping[str, Any] | None = None,
     ) -> None:
+        super().__init__()
         self._host = host
         self._port = port
         self._region = region
         self._initial_settings = dict(settings or {})
         self._server: EmulatorServer | None = None
-        self._endpoint_url: str | None = None
         self._account_id = DEFAULT_ACCOUNT_ID
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -208,13 +181,6 @@ class CallbackEmulator:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
-
-    @property
-    def endpoint_url(self) -> str:
-        """``http://127.0.0.1:PORT``. :raises EmulatorError: before :meth:`start`."""
-        if self._endpoint_url is None:
-            raise EmulatorError("the emulator is not running; call start() first")
-        return self._endpoint_url
 
     @property
     def region(self) -> str:
@@ -294,154 +260,6 @@ class CallbackEmulator:
                 self._clients[service] = found
             return found
 
-    # ------------------------------------------------------------------ control endpoints
-
-    def _control(
-        self,
-        method: str,
-        route: str,
-        body: Mapping[str, Any] | None = None,
-        query: Mapping[str, str] | None = None,
-    ) -> Any:
-        url = f"{self.endpoint_url}/_emulator/{route}"
-        if query:
-            url = f"{url}?{urlencode(query)}"
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            url, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with self._opener.open(request, timeout=30) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            payload = exc.read()
-            try:
-                message = json.loads(payload).get("error", payload.decode())
-            except ValueError:
-                message = payload.decode(errors="replace")
-            raise EmulatorError(f"{method} /_emulator/{route}: {message}") from None
-        except urllib.error.URLError as exc:
-            raise EmulatorError(f"no emulator at {self.endpoint_url}: {exc.reason}") from None
-
-    # ------------------------------------------------------------------ request log
-
-    def requests(self, service: str | None = None, *, include_internal: bool = False) -> list[RequestRecord]:
-        """
-        The AWS requests served so far, oldest first (the last 200 000 are kept).
-
-        :param service: only this service (``"sqs"``, ``"sagemaker"``...).
-        :param include_internal: include the requests of this class's own helpers.
-        :return: the records.
-        """
-        query = {"include_internal": "1" if include_internal else "0"}
-        if service:
-            query["service"] = service
-        records: list[RequestRecord] = self._control("GET", "requests", query=query)["requests"]
-        return records
-
-    def request_counts(self, service: str | None = None, *, include_internal: bool = False) -> Counter[str]:
-        """
-        How many requests were served, by action (exact, however many).
-
-        :param service: only this service.
-        :param include_internal: include the requests of this class's own helpers.
-        :return: action to count.
-        """
-        query = {"include_internal": "1" if include_internal else "0"}
-        if service:
-            query["service"] = service
-        return Counter(self._control("GET", "request-counts", query=query)["counts"])
-
-    def clear_requests(self) -> None:
-        """Forget the request log."""
-        self._control("DELETE", "requests")
-
-    # ------------------------------------------------------------------ faults
-
-    def inject_fault(
-        self,
-        service: str,
-        action: str = "*",
-        code: str = "ThrottlingException",
-        http_status: int = 400,
-        count: int | None = None,
-        seconds: float | None = None,
-        probability: float = 1.0,
-        message: str | None = None,
-    ) -> str:
-        """
-        Answer matching requests with an error before they reach moto (nothing changes).
-
-        The body is in the request's protocol (JSON with ``__type`` and, for SQS, the
-        ``x-amzn-query-error`` header; XML for query requests), so botocore reports exactly
-        ``code``. Faults match in the order they were added; helper requests are never faulted.
-
-        :param service: ``"sqs"``, ``"sagemaker"``, ... or ``"*"``.
-        :param action: the action name or ``"*"``.
-        :param code: the error code botocore will report.
-        :param http_status: 400..599.
-        :param count: answer this many requests, then disappear (``None``: unlimited).
-        :param seconds: disappear after this long (``None``: never).
-        :param probability: chance that a matching request is faulted.
-        :param message: the error message.
-        :return: the fault's id.
-        """
-        spec: dict[str, Any] = {
-            "service": service,
-            "action": action,
-            "code": code,
-            "http_status": http_status,
-            "count": count,
-            "seconds": seconds,
-            "probability": probability,
-        }
-        if message is not None:
-            spec["message"] = message
-        return str(self._control("POST", "faults", spec)["fault_id"])
-
-    def remove_fault(self, fault_id: str) -> bool:
-        """Remove one fault. :return: whether it was still active."""
-        return bool(self._control("DELETE", f"faults/{fault_id}")["removed"])
-
-    def clear_faults(self) -> None:
-        """Remove every fault."""
-        self._control("DELETE", "faults")
-
-    def faults(self) -> list[dict[str, Any]]:
-        """The active faults, with how often each fired (``hits``)."""
-        faults: list[dict[str, Any]] = self._control("GET", "faults")["faults"]
-        return faults
-
-    # ------------------------------------------------------------------ settings
-
-    def configure(self, **settings: Any) -> dict[str, Any]:
-        """
-        Change step-engine settings (see the module docstring); the others stay.
-
-        :param settings: setting name to value.
-        :return: all settings now in force.
-        :raises EmulatorError: for an unknown setting or a wrong type.
-        """
-        result: dict[str, Any] = self._control("POST", "settings", settings)["settings"]
-        return result
-
-    def settings(self) -> dict[str, Any]:
-        """:return: all settings now in force."""
-        result: dict[str, Any] = self._control("GET", "settings")["settings"]
-        return result
-
-    def accepted_closes(self) -> dict[str, int]:
-        """
-        Close requests the emulator accepted, per callback token (replays of the same request
-        not counted): a token with more than one was closed twice.
-        """
-        result: dict[str, int] = self._control("GET", "accepted-closes")["accepted_closes"]
-        return result
-
-    def reset(self) -> None:
-        """Default settings, no faults, empty request log (queues and executions stay)."""
-        self._control("POST", "reset")
-
     # ------------------------------------------------------------------ SQS helpers
 
     def create_queue(
@@ -477,33 +295,6 @@ class CallbackEmulator:
     def dead_letter_queue_url(self, name: str) -> str:
         """:param name: the source queue's name. :return: the URL of ``<name>-dlq``."""
         return str(self._internal("sqs").get_queue_url(QueueName=f"{name}-dlq")["QueueUrl"])
-
-    def queue_messages(self, queue_url: str) -> list[dict[str, Any]]:
-        """
-        Peek at every message on a queue without consuming it.
-
-        Receive counts and visibility do not change. In-flight messages (received, not deleted,
-        visibility timeout running) are included with ``"InFlight": True``, delayed ones with
-        ``"Delayed": True``. Each message has ``MessageId``, ``Body``, ``MD5OfBody``,
-        ``Attributes`` (``SentTimestamp``, ``ApproximateReceiveCount``...) and
-        ``MessageAttributes``.
-
-        :param queue_url: the queue.
-        :return: the messages, oldest first.
-        """
-        messages: list[dict[str, Any]] = self._control(
-            "GET", "queue-messages", query={"queue_url": queue_url}
-        )["messages"]
-        return messages
-
-    def purge_queue(self, queue_url: str) -> int:
-        """
-        Drop every message on a queue now (no once-a-minute limit, unlike ``PurgeQueue``).
-
-        :param queue_url: the queue.
-        :return: how many messages were dropped.
-        """
-        return int(self._control("POST", "purge-queue", {"queue_url": queue_url})["purged"])
 
     # ------------------------------------------------------------------ SageMaker helpers
 
