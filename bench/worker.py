@@ -39,7 +39,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.triggers.sqs import SqsSensorTrigger
 
-from airflow_sm_callback.callback import CallbackMatcher
+from airflow_sm_callback.protocol import CallbackMatcher
 from airflow_sm_callback.testing import CallbackEmulator
 from airflow_sm_callback.testing.triggerer import SharedStreamHarness
 from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger

@@ -26,9 +26,9 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, task
 
-from airflow_sm_callback.common import pending_callbacks
 from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger
+from airflow_sm_callback.utils.asset_events import pending_callbacks
 
 QUEUE_URL = os.environ.get(
     "SAGEMAKER_CALLBACK_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/sagemaker-callbacks"

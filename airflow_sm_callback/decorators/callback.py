@@ -17,31 +17,33 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.providers.common.compat.sdk import task_decorator_factory
-from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
-
-from airflow_sm_callback.callback import CallbackMessage, Outcome, encode_output_parameters
-from airflow_sm_callback.common import (
-    AWS_TEMPLATE_FIELDS,
-    STOPPED_BEFORE_WORK,
-    CallbackAwsMixin,
-    callback_from,
-    callbacks_in_asset_events,
-    request_token_for,
-    will_retry,
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowSkipException,
+    DecoratedOperator,
+    task_decorator_factory,
 )
+from airflow.providers.standard.operators.python import PythonOperator
+
 from airflow_sm_callback.links.callback import SageMakerPipelineExecutionLink
 from airflow_sm_callback.operators.callback import merge_output_parameters
+from airflow_sm_callback.protocol.outputs import encode_output_parameters
+from airflow_sm_callback.protocol.tokens import Outcome
+from airflow_sm_callback.utils.asset_events import callbacks_in_asset_events
+from airflow_sm_callback.utils.aws import AwsCallbackMixin, aws_template_fields
+from airflow_sm_callback.utils.closing import STOPPED_BEFORE_WORK, request_token_for, will_retry
+from airflow_sm_callback.utils.rendering import callback_from
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import TaskDecorator
     from airflow.sdk import Context
 
+    from airflow_sm_callback.protocol.message import CallbackMessage
 
-class _SageMakerCallbackDecoratedOperator(CallbackAwsMixin, _PythonDecoratedOperator):
+
+class _SageMakerCallbackDecoratedOperator(AwsCallbackMixin, DecoratedOperator, PythonOperator):
     """
     Runs the decorated function with the callback, then closes the callback step.
 
@@ -51,9 +53,17 @@ class _SageMakerCallbackDecoratedOperator(CallbackAwsMixin, _PythonDecoratedOper
     step is closed as succeeded. If the function raises (or returns outputs the step rejects),
     the step is closed as failed **only on the task's last attempt**, so a retry can still
     succeed; then the task fails.
+
+    Built as the standard provider builds ``@task`` (``DecoratedOperator`` over
+    ``PythonOperator``), from their public classes.
     """
 
-    template_fields: Sequence[str] = (*_PythonDecoratedOperator.template_fields, *AWS_TEMPLATE_FIELDS)
+    template_fields: Sequence[str] = aws_template_fields("templates_dict", "op_args", "op_kwargs")
+    template_fields_renderers: ClassVar[dict[str, str]] = {
+        "templates_dict": "json",
+        "op_args": "py",
+        "op_kwargs": "py",
+    }
     custom_operator_name = "@task.sagemaker_callback"
     operator_extra_links = (SageMakerPipelineExecutionLink(),)
     op_args: Sequence[Any]
@@ -67,9 +77,22 @@ class _SageMakerCallbackDecoratedOperator(CallbackAwsMixin, _PythonDecoratedOper
         verify: bool | str | None = None,
         botocore_config: dict[str, Any] | None = None,
         convert_to_declared_types: bool = True,
+        python_callable: Callable[..., Any],
+        op_args: Sequence[Any] | None = None,
+        op_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            kwargs_to_upstream={
+                "python_callable": python_callable,
+                "op_args": op_args,
+                "op_kwargs": op_kwargs,
+            },
+            python_callable=python_callable,
+            op_args=op_args,
+            op_kwargs=op_kwargs,
+            **kwargs,
+        )
         self._init_aws(aws_conn_id, region_name, verify, botocore_config)
         self.convert_to_declared_types = convert_to_declared_types
 

@@ -6,19 +6,17 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseNotifier
+from airflow.providers.common.compat.sdk import BaseNotifier
 
-from airflow_sm_callback.callback import Outcome
-from airflow_sm_callback.common import (
-    rendered_optional,
-    request_token_for,
-    resolve_target,
-    will_retry,
-)
-from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
+from airflow_sm_callback.protocol.tokens import Outcome
+from airflow_sm_callback.utils.aws import build_hook
+from airflow_sm_callback.utils.closing import request_token_for, resolve_target, will_retry
+from airflow_sm_callback.utils.rendering import rendered_optional
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 
 
 class SageMakerCallbackFailureNotifier(BaseNotifier):
@@ -90,11 +88,11 @@ class SageMakerCallbackFailureNotifier(BaseNotifier):
 
     @cached_property
     def hook(self) -> SageMakerCallbackHook:
-        return SageMakerCallbackHook(
+        return build_hook(
             aws_conn_id=self.aws_conn_id,
             region_name=self.region_name,
             verify=self.verify,
-            config=self.botocore_config,
+            botocore_config=self.botocore_config,
         )
 
     def notify(self, context: Context) -> None:

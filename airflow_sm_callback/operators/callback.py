@@ -5,37 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import BaseOperator, TriggerRule
-from airflow.sdk.exceptions import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, TriggerRule
 
-from airflow_sm_callback.callback import (
-    InvalidOutputParameters,
-    Outcome,
-    OutputType,
-    encode_output_parameters,
-    parse_execution_arn,
-)
-from airflow_sm_callback.common import (
-    AWS_TEMPLATE_FIELDS,
-    CallbackAwsMixin,
-    StepTarget,
-    rendered_mapping,
-    rendered_optional,
-    request_token_for,
-    resolve_target,
-)
 from airflow_sm_callback.links.callback import SageMakerPipelineExecutionLink
+from airflow_sm_callback.protocol.message import parse_execution_arn
+from airflow_sm_callback.protocol.outputs import InvalidOutputParameters, OutputType, encode_output_parameters
+from airflow_sm_callback.protocol.tokens import Outcome
+from airflow_sm_callback.utils.aws import AwsCallbackMixin, aws_template_fields
+from airflow_sm_callback.utils.closing import StepTarget, request_token_for, resolve_target
+from airflow_sm_callback.utils.rendering import rendered_mapping, rendered_optional
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-_CLOSE_TEMPLATE_FIELDS = (
-    *AWS_TEMPLATE_FIELDS,
-    "callback",
-    "callback_token",
-    "pipeline_execution_arn",
-    "callback_step_name",
-)
+_CLOSE_TEMPLATE_FIELDS = ("callback", "callback_token", "pipeline_execution_arn", "callback_step_name")
 
 
 def merge_output_parameters(value: Any) -> dict[str, Any]:
@@ -87,7 +70,7 @@ def merge_output_parameters(value: Any) -> dict[str, Any]:
     return merged
 
 
-class _CallbackStepOperator(CallbackAwsMixin, BaseOperator):
+class _CallbackStepOperator(AwsCallbackMixin, BaseOperator):
     """What both operators share: which step to close, the console link, the AWS connection."""
 
     operator_extra_links = (SageMakerPipelineExecutionLink(),)
@@ -172,7 +155,7 @@ class SageMakerCallbackSuccessOperator(_CallbackStepOperator):
     :param botocore_config: botocore ``Config`` kwargs.
     """
 
-    template_fields: Sequence[str] = (*_CLOSE_TEMPLATE_FIELDS, "output_parameters")
+    template_fields: Sequence[str] = aws_template_fields(*_CLOSE_TEMPLATE_FIELDS, "output_parameters")
     template_fields_renderers: ClassVar[dict[str, str]] = {"output_parameters": "json", "callback": "json"}
 
     def __init__(
@@ -258,7 +241,7 @@ class SageMakerCallbackFailureOperator(_CallbackStepOperator):
     :param botocore_config: botocore ``Config`` kwargs.
     """
 
-    template_fields: Sequence[str] = (*_CLOSE_TEMPLATE_FIELDS, "reason")
+    template_fields: Sequence[str] = aws_template_fields(*_CLOSE_TEMPLATE_FIELDS, "reason")
     ui_color = "#f4d9d9"
 
     def __init__(

@@ -4,34 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
-from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR
-from airflow.sdk.exceptions import (
+from airflow.providers.common.compat.sdk import (
     AirflowException,
     AirflowSensorTimeout,
     AirflowSkipException,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
 )
 
-from airflow_sm_callback.callback import (
-    AmbiguousCallbackStep,
-    CallbackMatcher,
-    CallbackMessage,
-    CallbackStatus,
-    Outcome,
-    mask_token,
-    register_token,
-)
-from airflow_sm_callback.common import (
-    AWS_TEMPLATE_FIELDS,
-    STOPPED_BEFORE_WORK,
-    CallbackAwsMixin,
-    rendered_mapping,
-    rendered_optional,
-    request_token_for,
-)
+from airflow_sm_callback.protocol.matching import CallbackMatcher
+from airflow_sm_callback.protocol.message import CallbackMessage, CallbackStatus
+from airflow_sm_callback.protocol.steps import AmbiguousCallbackStep
+from airflow_sm_callback.protocol.tokens import Outcome, mask_token
+from airflow_sm_callback.utils.aws import AwsCallbackMixin, aws_template_fields
+from airflow_sm_callback.utils.closing import STOPPED_BEFORE_WORK, request_token_for
+from airflow_sm_callback.utils.rendering import rendered_mapping, rendered_optional
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -46,7 +36,7 @@ if TYPE_CHECKING:
 RESUME_HOLD: float = 20.0
 
 
-class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
+class SageMakerCallbackSensor(AwsCallbackMixin, BaseSensorOperator):
     """
     Wait for the callback of *this* run on an SQS queue that many runs share.
 
@@ -67,11 +57,17 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
     downstream work does not start. A callback a trigger claimed is handed on without AWS
     requests.
 
-    When the wait times out (``timeout``), with ``on_timeout="fail_step"`` (default) a callback
-    step that is already executing is closed as failed with a reason saying the Airflow wait
-    timed out; if no callback step has started and ``stop_execution_on_timeout`` is set, the
-    execution is stopped so no step opens later with nobody waiting. Both need
-    ``pipeline_execution_arn``.
+    **Timeouts** take one path in every mode. The wait ends ``timeout`` seconds after it began
+    (the first try's first poke in ``reschedule`` mode, the deferral in deferrable mode), where
+    the sensor itself notices it: the trigger fires a ``timeout`` event at that deadline
+    (wherever it runs, ``airflow dags test`` included; the deferral has no Airflow timeout of its
+    own), and in poke and reschedule mode the poke that finds nothing after it raises.
+    Either way :meth:`timed_out` acts: with ``on_timeout="fail_step"`` (default) a callback step
+    that is already executing is closed as failed with a reason saying the Airflow wait timed
+    out; if no callback step has started and ``stop_execution_on_timeout`` is set, the
+    execution is stopped so no step opens later with nobody waiting (both need
+    ``pipeline_execution_arn``). Then the task fails with ``AirflowSensorTimeout``, which
+    Airflow turns into a skip with ``soft_fail``.
 
     A retried or cleared run (try number above 1), or a deferrable sensor that Airflow
     restarted without its trigger event, finds its token with ``ListPipelineExecutionSteps``
@@ -104,8 +100,7 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
     :param botocore_config: botocore ``Config`` kwargs (retries, timeouts).
     """
 
-    template_fields: Sequence[str] = (
-        *AWS_TEMPLATE_FIELDS,
+    template_fields: Sequence[str] = aws_template_fields(
         "queue_url",
         "pipeline_execution_arn",
         "pipeline_name",
@@ -149,6 +144,8 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         self.wait_time_seconds = wait_time_seconds
         self.handoff_visibility = handoff_visibility
         self._recovery_done = False
+        #: UNIX time the wait began (poke and reschedule mode; see :meth:`timed_out`).
+        self._wait_began = time.time()
 
     # -- what to wait for -----------------------------------------------------------------------
 
@@ -171,30 +168,32 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         matcher = self.matcher()
         self.log.info("Waiting on %s for the callback of %s", self.queue_url, matcher.describe())
-        try:
-            if not self.deferrable:
-                return super().execute(context)
-            # Poke once, quickly, before deferring: the callback may already be there.
-            result = self._poke(context, matcher, wait_time_seconds=0)
-            if result is not None:
-                return result
-            self._defer(matcher)
-        except AirflowSensorTimeout:
-            self._handle_timeout(context)
-            raise
-        except AirflowSkipException as err:
-            # With soft_fail, Airflow turns the timeout into a skip.
-            if str(err).startswith("Sensor has timed out"):
-                self._handle_timeout(context)
-            raise
+        if not self.deferrable:
+            self._wait_began = self._began(context)
+            return super().execute(context)
+        # Poke once, quickly, before deferring: the callback may already be there.
+        result = self._poke(context, matcher, wait_time_seconds=0)
+        if result is not None:
+            return result
+        self._defer(matcher)
+
+    def _began(self, context: Context) -> float:
+        """
+        When this wait began: the first try's first poke in reschedule mode, now otherwise. Never
+        later than the base sensor's own start, so :meth:`timed_out` acts before it would.
+        """
+        if self.reschedule:
+            first = context["ti"].get_first_reschedule_date(context)
+            if first is not None:
+                return first.timestamp()
+        return time.time()
 
     def _defer(self, matcher: CallbackMatcher) -> None:
         """
-        Defer to the trigger until ``timeout`` from now.
+        Defer to the trigger, which fires a ``timeout`` event ``timeout`` seconds from now.
 
-        The trigger itself fires a ``timeout`` event at that deadline, so the timeout is handled
-        wherever the trigger runs (``airflow dags test`` included); the deferral's own timeout,
-        a minute later, is a backstop.
+        The trigger is the only timer (the deferral has no timeout of Airflow's), so the timeout
+        takes the same path wherever the trigger runs, ``airflow dags test`` included.
         """
         # Imported here: the trigger brings aiobotocore, which a resumed sensor does not need.
         from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger
@@ -215,14 +214,15 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
             ),
             method_name="execute_complete",
             kwargs={"deadline": deadline},
-            timeout=timedelta(seconds=max(0.0, deadline - time.time()) + 60),
         )
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         result = self._poke(context, self.matcher(), wait_time_seconds=self._wait_time())
-        if result is None:
-            return False
-        return PokeReturnValue(is_done=True, xcom_value=result)
+        if result is not None:
+            return PokeReturnValue(is_done=True, xcom_value=result)
+        if time.time() - self._wait_began >= self.timeout:
+            raise self.timed_out(context)
+        return False
 
     def _poke(
         self, context: Context, matcher: CallbackMatcher, *, wait_time_seconds: int
@@ -259,11 +259,7 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         if event["status"] == "error":
             raise AirflowException(event.get("message") or "the callback trigger failed")
         if event["status"] == "timeout":
-            self._handle_timeout(context)
-            message = f"No callback arrived within the sensor's timeout of {self.timeout:.0f}s"
-            if self.soft_fail:
-                raise AirflowSkipException(message)
-            raise AirflowSensorTimeout(message)
+            raise self.timed_out(context)
         callback = CallbackMessage.from_dict(event["callback"])
         return self._hand_on(
             context,
@@ -272,18 +268,6 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
             delete_when_handed_on=event.get("deleted_by", "task") == "task",
             check_step=False,
         )
-
-    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
-        try:
-            return super().resume_execution(next_method, next_kwargs, context)
-        except (AirflowSensorTimeout, AirflowSkipException) as err:
-            # The deferral's own timeout (the backstop behind the trigger's deadline).
-            timed_out = isinstance(err, AirflowSensorTimeout) or isinstance(
-                err.__cause__, AirflowSensorTimeout
-            )
-            if next_method == TRIGGER_FAIL_REPR and timed_out:
-                self._handle_timeout(context)
-            raise
 
     # -- hand-off -------------------------------------------------------------------------------
 
@@ -314,7 +298,7 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
         :return: the XCom dict, or ``None`` when the message was stale (its step already closed).
         :raises AirflowSkipException: when the execution is stopping (the step is closed first).
         """
-        register_token(callback.token)
+        self.hook.mask(callback.token)
         arn = callback.pipeline_execution_arn
         step = None
         if check_step:
@@ -349,9 +333,9 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
             )
             if delete_when_handed_on:
                 self._delete(receipt_handles)
+            step_named = f"callback step {callback.step_name}" if callback.step_name else "callback step"
             raise AirflowSkipException(
-                f"{arn} is stopping: its callback step {callback.step_name or ''} was closed as failed "
-                "and the work was not started"
+                f"{arn} is stopping: its {step_named} was closed as failed and the work was not started"
             )
         result = {**callback.to_dict(), "queue_url": self.queue_url}
         if delete_when_handed_on:
@@ -465,8 +449,17 @@ class SageMakerCallbackSensor(CallbackAwsMixin, BaseSensorOperator):
 
     # -- timeout --------------------------------------------------------------------------------
 
-    def _handle_timeout(self, context: Context) -> None:
-        """Close an executing callback step as failed, or stop an execution whose step has not started."""
+    def timed_out(self, context: Context) -> AirflowSensorTimeout:
+        """
+        The wait timed out: close an executing callback step as failed, or stop an execution
+        whose step has not started (see the class docstring); return the exception to raise.
+        """
+        self._close_on_timeout(context)
+        return AirflowSensorTimeout(
+            f"The wait timed out: no callback arrived within the sensor's timeout of {self.timeout:.0f}s"
+        )
+
+    def _close_on_timeout(self, context: Context) -> None:
         try:
             matcher = self.matcher()
         except ValueError as err:

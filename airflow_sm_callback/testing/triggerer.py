@@ -25,16 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.shared_stream import SharedStreamManager
 
-from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
-from airflow_sm_callback.triggers.callback import (
-    _LEDGERS,
-    TaskKey,
-    TaskStates,
-    use_task_states,
-)
+from airflow_sm_callback.triggers import _process
+from airflow_sm_callback.triggers._process import use_task_states
+from airflow_sm_callback.utils.aws import build_hook
 
 if TYPE_CHECKING:
     from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+    from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
+    from airflow_sm_callback.triggers.handoffs import TaskKey, TaskStates
 
 
 @dataclass
@@ -174,13 +173,13 @@ class SharedStreamHarness:
             key = trigger.shared_stream_key()
             hook = self._hooks.get(key)
             if hook is None:
-                hook = self._hooks[key] = SageMakerCallbackHook(
+                hook = self._hooks[key] = build_hook(
                     aws_conn_id=getattr(trigger, "aws_conn_id", "aws_default"),
                     region_name=getattr(trigger, "region_name", None),
                     verify=getattr(trigger, "verify", None),
-                    config=getattr(trigger, "botocore_config", None),
+                    botocore_config=getattr(trigger, "botocore_config", None),
                 )
-            await hook.complete_handoff_async(payload["queue_url"], _handles(fired.event))
+            await hook.acomplete_handoff(payload["queue_url"], _handles(fired.event))
         owner = _owner_of(trigger)
         if owner is not None:
             self.task_states[owner] = "success"
@@ -193,8 +192,8 @@ class SharedStreamHarness:
             return False
         if payload.get("deleted_by") != "triggerer" or not _handles(fired.event):
             return True
-        ledger = _LEDGERS.get(trigger.shared_stream_key())
-        return ledger is None or ledger.landed(payload["callback"]["token"])
+        state = _process.find(trigger.shared_stream_key())
+        return state is None or state.ledger.landed(payload["callback"]["token"])
 
     async def wait_for_resumes(self, within: float = 30) -> None:
         """
@@ -275,5 +274,5 @@ class SharedStreamHarness:
 
 
 def _owner_of(trigger: BaseEventTrigger) -> TaskKey | None:
-    owner = getattr(trigger, "_owner", None)
-    return owner() if callable(owner) else None
+    task_key = getattr(trigger, "task_key", None)
+    return task_key() if callable(task_key) else None

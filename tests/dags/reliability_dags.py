@@ -9,8 +9,8 @@ from typing import Any
 from airflow.sdk import DAG, Param, conf, task
 from airflow.sdk.exceptions import AirflowRescheduleException
 
-from airflow_sm_callback.callback import CallbackMessage
 from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
+from airflow_sm_callback.protocol import CallbackMessage
 from airflow_sm_callback.sensors.callback import SageMakerCallbackSensor
 
 PARAMS = {

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from airflow_sm_callback.callback import CallbackMatcher
-from airflow_sm_callback.hooks.callback import SageMakerCallbackHook, backoff_visibility
+from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
+from airflow_sm_callback.protocol import CallbackMatcher
+from airflow_sm_callback.protocol.routing import backoff_visibility
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.fixtures import callback_definition, unique
 

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from airflow_sm_callback.callback import (
+from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
+from airflow_sm_callback.protocol import (
     CallbackMatcher,
     CallbackStatus,
+    CallbackStepError,
     InvalidOutputParameters,
     OutputType,
 )
-from airflow_sm_callback.hooks.callback import CallbackStepError, SageMakerCallbackHook
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.fixtures import callback_definition, unique
 
@@ -30,7 +31,7 @@ Call = Callable[..., Any]
 
 @pytest.fixture(params=["sync", "async"])
 def call(request: pytest.FixtureRequest) -> Call:
-    """Call a hook method, or its ``*_async`` twin on a fresh event loop."""
+    """Call a hook method, or its ``a``-prefixed async twin on a fresh event loop."""
 
     def run(hook: SageMakerCallbackHook, name: str, *args: Any, **kwargs: Any) -> Any:
         if request.param == "sync":
@@ -38,7 +39,7 @@ def call(request: pytest.FixtureRequest) -> Call:
 
         async def go() -> Any:
             try:
-                return await getattr(hook, f"{name}_async")(*args, **kwargs)
+                return await getattr(hook, f"a{name}")(*args, **kwargs)
             finally:
                 await hook.aclose()
 

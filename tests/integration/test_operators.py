@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_sm_callback.callback import InvalidOutputParameters
 from airflow_sm_callback.notifications.callback import SageMakerCallbackFailureNotifier
 from airflow_sm_callback.operators.callback import (
     SageMakerCallbackFailureOperator,
     SageMakerCallbackSuccessOperator,
     merge_output_parameters,
 )
+from airflow_sm_callback.protocol import InvalidOutputParameters
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.fixtures import callback_definition, unique
 

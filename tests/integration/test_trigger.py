@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from airflow_sm_callback.callback import CallbackMatcher
 from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
+from airflow_sm_callback.protocol import CallbackMatcher
 from airflow_sm_callback.testing import CallbackEmulator
 from airflow_sm_callback.testing.triggerer import SharedStreamHarness
-from airflow_sm_callback.triggers.callback import CallbackBatch, SageMakerCallbackTrigger, TaskKey
+from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger
+from airflow_sm_callback.triggers.handoffs import TaskKey
 from tests.fixtures import callback_definition, unique
 
 pytestmark = pytest.mark.integration
@@ -361,8 +362,10 @@ async def test_shared_stream_idle_is_one_long_poll(
 
 
 def test_batch_claim_is_first_come() -> None:
-    from airflow_sm_callback.callback import CallbackMessage
-    from airflow_sm_callback.triggers.callback import Delivery
+    from airflow_sm_callback.protocol import CallbackMessage
+    from airflow_sm_callback.protocol.routing import Claim, Delivery
+    from airflow_sm_callback.triggers.desk import CallbackBatch, StreamDesk
+    from airflow_sm_callback.triggers.handoffs import HandOffLedger
 
     callback = CallbackMessage.from_body(
         json.dumps(
@@ -372,11 +375,19 @@ def test_batch_claim_is_first_come() -> None:
             }
         )
     )
-    delivery = Delivery(callback=callback, receipt_handles=["r"], receive_count=1)
-    batch = CallbackBatch(id=1, deliveries=[delivery], invalid=[], router=None)  # type: ignore[arg-type]
-    assert batch.claim(delivery, 1)
-    assert not batch.claim(delivery, 2)
-    assert delivery.claimed_by == 1
+    delivery = Delivery(callback=callback, receipt_handles=("r",), message_ids=("m",), receive_count=1)
+    desk = StreamDesk(SageMakerCallbackHook(aws_conn_id=None), "q", HandOffLedger())
+    batch = CallbackBatch.of(1, [delivery], desk)
+    desk.open(batch.id)
+    assert desk.claim(batch.id, delivery.token, Claim(1))
+    assert not desk.claim(batch.id, delivery.token, Claim(2))
+    claim = desk.claim_of(batch.id, delivery.token)
+    assert claim is not None
+    assert claim.claimer == 1
+    # The claims are the desk's values: the producer reads them back; the broadcast event is untouched.
+    assert desk.close(batch.id) == {"Ab3dE6gH9k": Claim(1)}
+    assert batch.deliveries == (delivery,)
+    assert not desk.claim(batch.id, delivery.token, Claim(3))  # advanced: no more claims
 
 
 # -- a resumed task that Airflow restarts without its event ---------------------------------------
@@ -502,8 +513,9 @@ async def test_the_original_of_a_hand_off_that_comes_back_is_kept_and_its_copies
 
 
 async def test_hand_off_ledger_tells_copies_from_the_original_and_keeps_hand_offs() -> None:
-    from airflow_sm_callback.callback import CallbackMessage
-    from airflow_sm_callback.triggers.callback import Delivery, HandOffLedger
+    from airflow_sm_callback.protocol import CallbackMessage
+    from airflow_sm_callback.protocol.routing import Claim, Delivery
+    from airflow_sm_callback.triggers.handoffs import HandOffLedger
 
     body = {
         "token": "Ab3dE6gH9k",
@@ -512,39 +524,64 @@ async def test_hand_off_ledger_tells_copies_from_the_original_and_keeps_hand_off
     callback = CallbackMessage.from_body(json.dumps(body), message_id="m-1", receipt_handle="r-1")
     ledger = HandOffLedger(max_tokens=2, max_owners=1)
     run_a = TaskKey("d", "run-a", "wait")
-    task = Delivery(callback, ["r-1"], 1, message_ids=["m-1"], hold=900, owner=run_a, deleted_by="triggerer")
-    assert ledger.record(task) is not None
+    task = Delivery(callback, ("r-1",), ("m-1",), 1)
+    assert ledger.record(task, Claim(1, hold=900, owner=run_a, deleted_by="triggerer")) is not None
     assert ledger.handed_on("Ab3dE6gH9k")
     assert not ledger.is_copy("Ab3dE6gH9k", "m-1")  # the original coming back
     assert ledger.is_copy("Ab3dE6gH9k", "m-2")  # another message of the token
     assert not ledger.is_copy("Ab3dE6gH9k", None)  # unknown: never taken for a copy
     assert not ledger.is_copy("Zz9yX8wV7u", "m-3")
     # The original comes back before its task succeeded: its new handles, and a new look.
-    ledger.came_back("Ab3dE6gH9k", ["r-1b"], 5)
+    watched = ledger.came_back("Ab3dE6gH9k", ["r-1b"], 5)
     handoff = ledger.get(run_a)
     assert handoff is not None
+    assert watched is handoff
     assert handoff.receipt_handles == ["r-1b"]
     assert handoff.message_ids == frozenset({"m-1"})
-    assert ledger.confirmer.waiting == 1
     assert not ledger.landed("Ab3dE6gH9k")
     handoff.landed = True
     assert ledger.landed("Ab3dE6gH9k")  # anything of it back is redundant now
+    assert ledger.came_back("Ab3dE6gH9k", ["r-1c"], 5) is None  # landed: nothing to look at
     assert ledger.get(run_a) is handoff  # kept until forgotten
     ledger.forget(run_a)
     assert ledger.get(run_a) is None
-    assert ledger.confirmer.waiting == 0
     assert not ledger.landed("Ab3dE6gH9k")
     # A watcher's claim (deleted at once) is no task's hand-off; bounded sizes.
-    watcher = Delivery(callback, ["r-1"], 1, message_ids=["m-1"], owner=None)
-    assert ledger.record(watcher) is None
+    watcher = Delivery(callback, ("r-1",), ("m-1",), 1)
+    assert ledger.record(watcher, Claim(2)) is None
     assert ledger.get(run_a) is None
+    assert ledger.landed("Ab3dE6gH9k")  # the asset event has it
     for i in range(3):
         other = CallbackMessage.from_body(json.dumps({**body, "token": f"Tk{i}aaaaaaa"}), message_id=f"o-{i}")
         owner = TaskKey("d", f"run-{i}", "wait")
-        ledger.record(Delivery(other, [], 1, message_ids=[f"o-{i}"], hold=900, owner=owner))
+        ledger.record(Delivery(other, (), (f"o-{i}",), 1), Claim(3, hold=900, owner=owner))
     assert not ledger.handed_on("Ab3dE6gH9k")
     assert ledger.get(TaskKey("d", "run-0", "wait")) is None
     assert ledger.get(TaskKey("d", "run-2", "wait")) is not None
+
+
+async def test_a_hand_off_is_kept_until_its_hold_ends() -> None:
+    from airflow_sm_callback.protocol import CallbackMessage
+    from airflow_sm_callback.protocol.routing import Claim, Delivery
+    from airflow_sm_callback.triggers.handoffs import HandOffLedger
+
+    body = {
+        "token": "Ab3dE6gH9k",
+        "pipelineExecutionArn": "arn:aws:sagemaker:us-east-1:111122223333:pipeline/p/execution/x",
+    }
+    callback = CallbackMessage.from_body(json.dumps(body), message_id="m-1")
+    ledger = HandOffLedger()
+    owner = TaskKey("d", "run-a", "wait")
+    ledger.record(Delivery(callback, ("r-1",), ("m-1",), 1), Claim(1, hold=1, owner=owner))
+    assert ledger.get(owner) is not None
+    assert ledger.kept_until() is not None
+    await asyncio.sleep(0.6)
+    ledger.given_again(owner, 1)  # given to its task again: kept a hold longer
+    await asyncio.sleep(0.6)
+    assert ledger.get(owner) is not None
+    await asyncio.sleep(0.6)
+    assert ledger.get(owner) is None
+    assert ledger.kept_until() is None
 
 
 # -- the stream deletes a task's messages once the task has its callback ----------------------
@@ -629,29 +666,57 @@ async def test_a_failed_delete_of_handed_on_messages_is_made_again(
 
 
 async def test_the_first_waiting_trigger_makes_the_process_s_first_task_state_look(
-    callback_queue: str, aws_conn: str, monkeypatch: pytest.MonkeyPatch
+    callback_queue: str, aws_conn: str
 ) -> None:
     """
     A triggerer's supervisor builds its in-process API on the first request that needs it
     (seconds of CPU): the first trigger that waits makes that request at once, long before a
     burst of callbacks, and no trigger makes it again.
     """
-    from airflow_sm_callback.triggers import callback as module
+    from airflow_sm_callback.triggers import _process
 
-    monkeypatch.setattr(module, "_warming", [])
     execution = "arn:aws:sagemaker:us-east-1:111122223333:pipeline/p/execution/x"
     looks: list[list[TaskKey]] = []
     async with SharedStreamHarness(persist_delay=0.3) as harness:
-        harness_source = module.use_task_states(None)
+        harness_source = _process.use_task_states(None)
         assert harness_source is not None
 
         async def recording(keys: Any) -> Any:
             looks.append(list(keys))
             return await harness_source(keys)
 
-        module.use_task_states(recording)
+        _process.use_task_states(recording)
         for i in range(3):
             harness.add(i, task_trigger(callback_queue, aws_conn, f"{execution}{i}", run_id=f"run-{i}"))
         await asyncio.sleep(2)
         assert not harness.events
     assert looks == [[TaskKey("d", "run-0", "wait")]]
+
+
+async def test_nothing_is_left_in_the_process_once_the_triggers_of_a_stream_end(
+    emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+) -> None:
+    """The stream's state (ledger, confirmer, first look) goes once its triggers and holds have ended."""
+    from airflow_sm_callback.triggers import _process
+
+    arns = start_many(emulator, callback_queue, 2)
+    key = trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arns[0]).shared_stream_key()
+    assert key not in _process.states()
+    async with SharedStreamHarness(persist_delay=0.3, resume_delay=0.5) as harness:
+        for i, arn in enumerate(arns):
+            harness.add(i, task_trigger(callback_queue, aws_conn, arn, run_id=f"run-{i}", hold=10))
+        assert await harness.wait_for_events(2, within=20)
+        await asyncio.sleep(1)  # persisted and advanced
+        state = _process.states()[key]
+        assert state.ledger.kept_until() is not None  # two hand-offs kept for their holds
+        await harness.wait_for_resumes()
+        await asyncio.sleep(1)
+        # The triggers fired and were cancelled, the stream stopped: only the holds keep it.
+        assert not state.users
+        assert key in _process.states()
+        for _ in range(60):
+            if key not in _process.states():
+                break
+            await asyncio.sleep(0.25)
+        assert key not in _process.states()
+    assert emulator.queue_messages(callback_queue) == []

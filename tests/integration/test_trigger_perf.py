@@ -15,17 +15,14 @@ from typing import Any
 import pytest
 from airflow.sdk._shared.secrets_masker import SecretsMasker
 
-from airflow_sm_callback.callback import CallbackMatcher, CallbackMessage
+from airflow_sm_callback import _airflow
+from airflow_sm_callback._airflow import register_tokens
+from airflow_sm_callback.protocol import CallbackMatcher, CallbackMessage, routing
+from airflow_sm_callback.protocol.routing import Delivery
 from airflow_sm_callback.testing import CallbackEmulator
 from airflow_sm_callback.testing.triggerer import SharedStreamHarness
-from airflow_sm_callback.triggers import callback as module
-from airflow_sm_callback.triggers.callback import (
-    CallbackBatch,
-    CallbackStreamProducer,
-    Delivery,
-    SageMakerCallbackTrigger,
-    register_tokens,
-)
+from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger
+from airflow_sm_callback.triggers.desk import CallbackBatch, TokenMasker
 from tests.fixtures import callback_definition, unique
 
 pytestmark = pytest.mark.integration
@@ -78,8 +75,12 @@ async def test_claims_of_one_turn_share_one_registration(
     masker: SecretsMasker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[list[str]] = []
-    monkeypatch.setattr(module, "register_tokens", lambda tokens: calls.append(list(tokens)))
-    token_masker = module._TokenMasker()
+
+    async def recording(tokens: list[str]) -> None:
+        calls.append(list(tokens))
+
+    monkeypatch.setattr(_airflow, "amask_secrets", recording)
+    token_masker = TokenMasker()
     tokens = [token() for _ in range(20)]
     await asyncio.gather(*(token_masker.mask(t) for t in tokens))
     await token_masker.mask("Ab3dE6gH9k")
@@ -90,42 +91,30 @@ def delivery(execution: str, handles: list[str] | None = None) -> Delivery:
     callback = CallbackMessage.from_body(
         json.dumps({"token": token(), "pipelineExecutionArn": ARN.format(execution)})
     )
-    return Delivery(callback=callback, receipt_handles=handles or [token()], receive_count=1)
+    return Delivery(
+        callback=callback, receipt_handles=tuple(handles or [token()]), message_ids=(), receive_count=1
+    )
 
 
 def test_batch_index_by_execution() -> None:
     deliveries = [delivery("a"), delivery("b"), delivery("a")]
-    batch = CallbackBatch(id=1, deliveries=deliveries, invalid=[], router=None)  # type: ignore[arg-type]
+    batch = CallbackBatch.of(1, deliveries, desk=None)  # type: ignore[arg-type]
     assert list(batch.for_execution(ARN.format("a"))) == [deliveries[0], deliveries[2]]
     assert list(batch.for_execution(ARN.format("b"))) == [deliveries[1]]
     assert list(batch.for_execution(ARN.format("c"))) == []
 
 
-class RecordingHook:
-    def __init__(self) -> None:
-        self.deleted: list[list[str]] = []
-        self.released: list[list[tuple[str, int]]] = []
-
-    async def delete_messages_async(self, queue_url: str, handles: list[str]) -> None:
-        self.deleted.append(list(handles))
-
-    async def change_visibility_async(self, queue_url: str, entries: list[tuple[str, int]]) -> None:
-        self.released.append(list(entries))
-
-
-async def test_apply_never_repeats_a_receipt_handle() -> None:
-    producer = CallbackStreamProducer({"queue_url": "q"})
-    hook = RecordingHook()
-
-    class Router:
-        pass
-
-    router = Router()
-    router.hook = hook  # type: ignore[attr-defined]
-    producer._router = router  # type: ignore[assignment]
-    await producer._apply(["a", "b", "a"], [("b", 0), ("c", 0), ("c", 2)])
-    assert hook.deleted == [["a", "b"]]
-    assert hook.released == [[("c", 2)]]
+def test_visibility_changes_never_repeat_a_receipt_handle() -> None:
+    # A batch call fails whole when a receipt handle appears twice in it: a handle is deleted or
+    # changed once, a delete wins, and the last visibility given to a handle is the one applied.
+    delete = routing.Decision(routing.Verdict.DELETE, routing.Reason.STALE, ("a", "b", "a"))
+    backs = [
+        routing.Decision(routing.Verdict.HAND_BACK, routing.Reason.UNWANTED, (handle,), seconds)
+        for handle, seconds in [("b", 0), ("c", 0), ("c", 2)]
+    ]
+    deletes, changes = routing.visibility_changes([delete, *backs])
+    assert deletes == ["a", "b"]
+    assert changes == [("c", 2)]
 
 
 def trigger_for(queue_url: str, arn: str, **kwargs: Any) -> SageMakerCallbackTrigger:

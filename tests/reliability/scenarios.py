@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from airflow_sm_callback.callback import CallbackMatcher
 from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
+from airflow_sm_callback.protocol import CallbackMatcher
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.fixtures import unique
 from tests.system.stack import AirflowStack

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_sm_callback.callback import (
+from airflow_sm_callback.protocol import (
     MAX_BODY_BYTES,
     CallbackMatcher,
     CallbackMessage,
@@ -530,7 +530,7 @@ def test_callback_steps_in_sdk_definition() -> None:
 def test_tokens_in_rendered_fields_are_found() -> None:
     from airflow.sdk._shared.secrets_masker.secrets_masker import redact
 
-    from airflow_sm_callback.common import mask_tokens_in
+    from airflow_sm_callback.utils.masking import mask_tokens_in
 
     mask_tokens_in(
         {

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from airflow_sm_callback.callback import (
+from airflow_sm_callback.protocol import (
     MAX_BODY_BYTES,
     MAX_OUTPUT_PARAMETERS,
     MAX_OUTPUT_VALUE,

@@ -1,0 +1,364 @@
+"""
+The routing policy: what becomes of each message received from a queue that many waiters share.
+
+One policy, two callers: the hook's standalone poll (a sensor that pokes, or a trigger polling on
+its own) and the shared stream (one poll loop for every trigger of a queue in a triggerer). It is
+pure: it reads what the caller knows (step states, hand-offs) through :class:`Knowledge` and
+returns decisions; the callers make the requests.
+
+For the messages of one token in one receive (a :class:`Delivery`):
+
+========================================================  ===========================================
+what                                                      decision
+========================================================  ===========================================
+claimed for a task                                        ``HOLD``: hidden for the claim's hold, until
+                                                          deleted once the callback is in the task
+claimed for an asset event (no hold), hand-off durable    ``DELETE`` (handed on)
+claimed as a further copy of a token its claimer fired    ``DELETE`` (copy); never counts as the
+                                                          token's hand-off
+claimed, but the hand-off failed (not persisted)          ``HAND_BACK`` at once
+not claimed, its step known to be closed                  ``DELETE`` (stale)
+not claimed, its token's task already has the callback    ``DELETE`` (landed)
+a further copy of a token handed on (another message id)  ``DELETE`` (copy), apart in :func:`sort`
+not claimed otherwise                                     ``HAND_BACK`` with :func:`backoff_visibility`
+malformed or foreign                                      ``HAND_BACK`` with backoff; never deleted
+========================================================  ===========================================
+
+A message that comes back unwanted a second time, whose step state is not fresh, asks for a step
+look-up (:attr:`Decision.lookup`): the standalone poll makes it at once (within a budget), the
+shared stream in the background for the message's next delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+if TYPE_CHECKING:
+    from airflow_sm_callback.protocol.matching import CallbackMatcher
+    from airflow_sm_callback.protocol.message import CallbackMessage, ReceivedMessages, UnparsedMessage
+
+__all__ = [
+    "Claim",
+    "Decision",
+    "Delivery",
+    "HandOffKnowledge",
+    "Knowledge",
+    "NoHandOffs",
+    "Reason",
+    "Sorted",
+    "StepKnowledge",
+    "Verdict",
+    "Want",
+    "backoff_visibility",
+    "decide",
+    "decide_invalid",
+    "sort",
+    "visibility_changes",
+    "wants",
+]
+
+
+def backoff_visibility(receive_count: int, *, cap: int = 60) -> int:
+    """
+    Visibility timeout for handing back a message nobody here wants.
+
+    The first hand-back is immediate (another waiter, perhaps in another process, may want it);
+    later ones grow with the receive count (1, 2, 4, ... seconds, at most ``cap``) so a message
+    that nobody wants yet does not cycle.
+    """
+    if receive_count <= 1:
+        return 0
+    return int(min(cap, 2 ** min(receive_count - 2, 16)))
+
+
+class StepKnowledge(Protocol):
+    """What is known of the steps behind tokens (:class:`~.steps.StepDirectory`)."""
+
+    def step_closed(self, token: str) -> bool:
+        """Whether the token's step is known to be closed (a message for it is stale)."""
+
+    def step_fresh(self, token: str) -> bool:
+        """Whether what is known of the token's step is recent enough to go without a look-up."""
+
+    def step_known(self, token: str) -> bool:
+        """Whether the token's step has been looked up at all."""
+
+    def step_name(self, token: str) -> str | None:
+        """The token's step name, when known."""
+
+
+class HandOffKnowledge(Protocol):
+    """What is known of the tokens a caller handed on (a trigger's, or a triggerer's, ledger)."""
+
+    def handed_on(self, token: str) -> bool:
+        """Whether the token was handed on (its hand-off was durable) by this caller."""
+
+    def is_copy(self, token: str, message_id: str | None) -> bool:
+        """Whether a message is a further copy of a token handed on: another message id than its own."""
+
+    def landed(self, token: str) -> bool:
+        """Whether the token's receiver has the callback for good (any message of it back is redundant)."""
+
+
+class NoHandOffs:
+    """A caller that hands nothing on by itself (a sensor that pokes)."""
+
+    def handed_on(self, token: str) -> bool:
+        return False
+
+    def is_copy(self, token: str, message_id: str | None) -> bool:
+        return False
+
+    def landed(self, token: str) -> bool:
+        return False
+
+
+_NO_HAND_OFFS: Final = NoHandOffs()
+
+
+@dataclass(frozen=True, slots=True)
+class Knowledge:
+    """What the policy reads: the steps behind tokens, and the caller's hand-offs."""
+
+    steps: StepKnowledge
+    handoffs: HandOffKnowledge = _NO_HAND_OFFS
+
+    def step_closed(self, token: str) -> bool:
+        return self.steps.step_closed(token)
+
+    def step_fresh(self, token: str) -> bool:
+        return self.steps.step_fresh(token)
+
+    def step_known(self, token: str) -> bool:
+        return self.steps.step_known(token)
+
+    def step_name(self, token: str) -> str | None:
+        return self.steps.step_name(token)
+
+    def handed_on(self, token: str) -> bool:
+        return self.handoffs.handed_on(token)
+
+    def is_copy(self, token: str, message_id: str | None) -> bool:
+        return self.handoffs.is_copy(token, message_id)
+
+    def landed(self, token: str) -> bool:
+        return self.handoffs.landed(token)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """
+    Every message of one token in one receive or batch: usually one; two when the ``Executing``
+    and ``Stopping`` messages, or duplicates, came together (``Stopping`` wins).
+    """
+
+    callback: CallbackMessage
+    receipt_handles: tuple[str, ...]
+    message_ids: tuple[str, ...]
+    receive_count: int
+
+    @property
+    def token(self) -> str:
+        return self.callback.token
+
+
+@dataclass(frozen=True, slots=True)
+class Sorted:
+    """The messages of one or more receives: callbacks by token, redundant copies, and the unusable."""
+
+    deliveries: tuple[Delivery, ...]
+    #: Receipt handles of further copies of tokens already handed on: deleted.
+    copies: tuple[str, ...]
+    invalid: tuple[UnparsedMessage, ...]
+
+
+def sort(received: Iterable[ReceivedMessages], knowledge: Knowledge) -> Sorted:
+    """Group the callbacks of ``received`` by token (``Stopping`` wins); copies of tokens handed on apart."""
+    by_token: dict[str, tuple[CallbackMessage, list[str], list[str], int]] = {}
+    copies: list[str] = []
+    invalid: list[UnparsedMessage] = []
+    for result in received:
+        invalid.extend(result.invalid)
+        for callback in result.callbacks:
+            if knowledge.is_copy(callback.token, callback.message_id):
+                if callback.receipt_handle:
+                    copies.append(callback.receipt_handle)
+                continue
+            entry = by_token.get(callback.token)
+            if entry is None:
+                entry = by_token[callback.token] = (callback, [], [], callback.receive_count)
+            first, handles, ids, count = entry
+            if callback.receipt_handle and callback.receipt_handle not in handles:
+                handles.append(callback.receipt_handle)
+            if callback.message_id and callback.message_id not in ids:
+                ids.append(callback.message_id)
+            if callback.is_stopping and not first.is_stopping:
+                first = callback
+            by_token[callback.token] = (first, handles, ids, max(count, callback.receive_count))
+    deliveries = tuple(
+        Delivery(callback, tuple(handles), tuple(ids), count)
+        for callback, handles, ids, count in by_token.values()
+    )
+    return Sorted(deliveries, tuple(copies), tuple(invalid))
+
+
+class Want(StrEnum):
+    """Whether a waiter wants a delivery."""
+
+    YES = "yes"
+    NO = "no"
+    #: Cannot tell without the token's step name: look its execution's steps up, then ask again.
+    LOOK_UP = "look-up"
+
+
+def wants(matcher: CallbackMatcher, delivery: Delivery, knowledge: Knowledge) -> tuple[Want, str | None]:
+    """
+    Whether the waiter of ``matcher`` wants ``delivery``, and the step name it is claimed with.
+
+    Never a callback whose step is known closed, nor one whose receiver already has it.
+    """
+    callback = delivery.callback
+    if not matcher.matches_message(callback):
+        return Want.NO, None
+    token = callback.token
+    if knowledge.landed(token) or knowledge.step_closed(token):
+        return Want.NO, None
+    name = knowledge.step_name(token) or callback.step_name
+    if matcher.needs_step_name and name is None:
+        return (Want.NO, None) if knowledge.step_known(token) else (Want.LOOK_UP, None)
+    if matcher.matches(callback, step_name=name):
+        return Want.YES, name
+    return Want.NO, None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """
+    A waiter's claim on a delivery.
+
+    :param claimer: who claimed it (the first claim of a delivery wins).
+    :param hold: seconds its messages stay hidden once the hand-off is durable, until they are
+        deleted once the callback is in the task's XCom; ``None`` deletes them then (an
+        ``AssetWatcher``'s asset event is the durable hand-off).
+    :param owner: the task instance it is handed to, if any.
+    :param deleted_by: who deletes a task's messages: ``"task"`` or ``"triggerer"``.
+    :param copy: a further copy of a callback the claimer already fired: deleted, and never
+        counted as the token's hand-off.
+    :param step_name: the step name the callback is handed on with, when known.
+    """
+
+    claimer: Hashable
+    hold: int | None = None
+    owner: Any = None
+    deleted_by: str = "task"
+    copy: bool = False
+    step_name: str | None = None
+
+
+class Verdict(StrEnum):
+    """What to do with the messages of a delivery."""
+
+    #: Keep hidden for :attr:`Decision.seconds` (a hand-off under way).
+    HOLD = "hold"
+    DELETE = "delete"
+    #: Make visible again after :attr:`Decision.seconds`.
+    HAND_BACK = "hand-back"
+
+
+class Reason(StrEnum):
+    """Why."""
+
+    CLAIMED = "claimed"
+    HANDED_ON = "handed-on"
+    COPY = "copy"
+    NOT_DURABLE = "not-durable"
+    STALE = "stale"
+    LANDED = "landed"
+    UNWANTED = "unwanted"
+    UNUSABLE = "unusable"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """
+    The decision for the messages of one delivery (or one unusable message).
+
+    :param record: the claim is the token's hand-off: remember it (copies and failures are not).
+    :param came_back: the original message of a token handed on came back (its task is slow, or
+        was restarted and waits for it): its new receipt handles replace the old ones.
+    :param lookup: an execution whose steps are worth looking up (the answer serves the next
+        delivery).
+    """
+
+    verdict: Verdict
+    reason: Reason
+    handles: tuple[str, ...]
+    seconds: int = 0
+    record: bool = False
+    came_back: bool = False
+    lookup: str | None = None
+
+
+def decide(delivery: Delivery, claim: Claim | None, knowledge: Knowledge, *, clean: bool = True) -> Decision:
+    """
+    What becomes of a delivery's messages.
+
+    :param claim: the claim that won it, if any.
+    :param clean: whether the claim's hand-off went through (the trigger event was persisted);
+        the standalone poll hands a claim on through the event itself, so it is always clean.
+    """
+    handles = delivery.receipt_handles
+    token = delivery.token
+    if claim is not None:
+        if not clean:
+            return Decision(Verdict.HAND_BACK, Reason.NOT_DURABLE, handles)
+        if claim.copy:
+            return Decision(Verdict.DELETE, Reason.COPY, handles)
+        if claim.hold is None:
+            return Decision(Verdict.DELETE, Reason.HANDED_ON, handles, record=True)
+        return Decision(Verdict.HOLD, Reason.CLAIMED, handles, seconds=claim.hold, record=True)
+    if knowledge.step_closed(token):
+        return Decision(Verdict.DELETE, Reason.STALE, handles)
+    if knowledge.landed(token):
+        return Decision(Verdict.DELETE, Reason.LANDED, handles)
+    lookup = None
+    if delivery.receive_count >= 2 and not knowledge.step_fresh(token):
+        lookup = delivery.callback.pipeline_execution_arn
+    return Decision(
+        Verdict.HAND_BACK,
+        Reason.UNWANTED,
+        handles,
+        seconds=backoff_visibility(delivery.receive_count),
+        came_back=knowledge.handed_on(token),
+        lookup=lookup,
+    )
+
+
+def decide_invalid(message: UnparsedMessage) -> Decision:
+    """A malformed or foreign message: handed back with the growing delay, never deleted."""
+    handles = (message.receipt_handle,) if message.receipt_handle else ()
+    return Decision(
+        Verdict.HAND_BACK, Reason.UNUSABLE, handles, seconds=backoff_visibility(message.receive_count)
+    )
+
+
+def visibility_changes(decisions: Sequence[Decision]) -> tuple[list[str], list[tuple[str, int]]]:
+    """
+    The ``DeleteMessageBatch`` and ``ChangeMessageVisibilityBatch`` entries of ``decisions``.
+
+    A receipt handle appears once (a batch call fails whole on a repeated one); a delete wins
+    over a visibility change of the same handle.
+    """
+    deletes = list(dict.fromkeys(h for d in decisions if d.verdict is Verdict.DELETE for h in d.handles))
+    deleting = set(deletes)
+    changes: dict[str, int] = {}
+    for decision in decisions:
+        if decision.verdict is Verdict.DELETE:
+            continue
+        for handle in decision.handles:
+            if handle not in deleting:
+                changes[handle] = decision.seconds
+    return deletes, list(changes.items())

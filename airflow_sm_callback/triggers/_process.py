@@ -1,0 +1,155 @@
+"""
+The triggerer process's state of shared streams: what outlives one trigger, and nothing longer than that.
+
+A shared stream (one queue and connection) stops when its last trigger leaves, which is before
+the tasks it handed callbacks to have resumed. What must outlive it lives here, one
+:class:`StreamState` per stream key: the hand-off ledger (a restarted task's new trigger takes
+its hand-off from it), the confirmer (it deletes the messages once the tasks have them) and the
+first task state look of the process (:meth:`StreamState.warm`). A state is dropped once no
+trigger and no producer uses it, its confirmer is idle and the holds of its hand-offs have
+ended; :func:`states` shows what is left (``{}`` once the triggers of every stream have ended).
+
+Where task instance states are read is decided here too: the triggerer's supervisor, or a source
+a harness sets with :func:`use_task_states`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow_sm_callback import _airflow
+from airflow_sm_callback.triggers.handoffs import HandOffConfirmer, HandOffLedger, TaskKey, TaskStates
+
+if TYPE_CHECKING:
+    from airflow_sm_callback.triggers.desk import StreamDesk
+
+__all__ = ["StreamState", "join", "leave", "states", "task_states_source", "use_task_states"]
+
+log = logging.getLogger(__name__)
+
+_STATES: dict[Hashable, StreamState] = {}
+_override: list[TaskStates | None] = [None]
+
+
+def use_task_states(source: TaskStates | None) -> TaskStates | None:
+    """
+    Read task instance states from ``source`` in this process instead of from the triggerer's
+    supervisor, and return the previous source. For harnesses that run shared streams outside a
+    triggerer (:class:`~airflow_sm_callback.testing.triggerer.SharedStreamHarness`).
+    """
+    previous, _override[0] = _override[0], source
+    return previous
+
+
+def task_states_source() -> TaskStates | None:
+    """
+    Where this process reads task instance states: the source set with :func:`use_task_states`,
+    or in a triggerer its supervisor; ``None`` elsewhere (then a task deletes its own messages).
+    """
+    if _override[0] is not None:
+        return _override[0]
+    return _airflow.atask_states if _airflow.in_triggerer() else None
+
+
+@dataclass(eq=False)
+class StreamState:
+    """What the triggers of one shared stream share in this process, beyond one poll."""
+
+    key: Hashable
+    ledger: HandOffLedger = field(default_factory=HandOffLedger)
+    confirmer: HandOffConfirmer = field(init=False)
+    #: The claim desk of the stream's open producer (``None`` while none is open).
+    desk: StreamDesk | None = None
+    users: set[int] = field(default_factory=set)
+    _warming: asyncio.Task[None] | None = field(default=None, repr=False)
+    _check: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.confirmer = HandOffConfirmer(task_states_source, on_idle=lambda: _drop_if_done(self))
+
+    def warm(self, owner: TaskKey) -> None:
+        """
+        Make the stream's first task state look now, in the background, for ``owner``.
+
+        A triggerer's supervisor builds its in-process execution API on the first request that
+        needs it (several CPU-seconds, on the supervisor's only thread, which meanwhile writes no
+        trigger events). Triggers that load their connection from the metadata database make
+        that request when they start; with a connection from an environment variable or a
+        secrets backend the first request would otherwise be the confirmer's first look, two
+        seconds after a burst of callbacks, on a machine busy starting the resumed tasks. Once
+        per stream state, when its first trigger that fires for a task starts waiting.
+        """
+        if self._warming is not None:
+            return
+        source = task_states_source()
+        if source is None:
+            return
+
+        async def look() -> None:
+            try:
+                await source([owner])
+            except Exception as err:
+                log.debug("The first task state look failed: %s", err)
+
+        self._warming = asyncio.get_running_loop().create_task(look(), name="sagemaker-callback-warm-states")
+
+    @property
+    def done(self) -> bool:
+        """Whether nothing needs this state any more."""
+        return not self.users and self.confirmer.idle and self.ledger.kept_until() is None
+
+
+def join(key: Hashable, user: int) -> StreamState:
+    """The state of stream ``key``, used by ``user`` (a trigger or a producer) until :func:`leave`."""
+    state = _STATES.get(key)
+    if state is None:
+        state = _STATES[key] = StreamState(key)
+    state.users.add(user)
+    if state._check is not None:
+        state._check.cancel()
+        state._check = None
+    return state
+
+
+def find(key: Hashable) -> StreamState | None:
+    """The state of stream ``key``, if this process has one."""
+    return _STATES.get(key)
+
+
+def leave(state: StreamState, user: int) -> None:
+    """``user`` no longer uses ``state``; it is dropped once nothing needs it."""
+    state.users.discard(user)
+    _drop_if_done(state)
+
+
+def _drop_if_done(state: StreamState) -> None:
+    if _STATES.get(state.key) is not state or state.users:
+        return
+    if state.done:
+        del _STATES[state.key]
+        if state._warming is not None and not state._warming.done():
+            state._warming.cancel()
+        return
+    until = state.ledger.kept_until()
+    if until is None or state._check is not None:
+        return  # the confirmer calls back once it is idle
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+
+    def check() -> None:
+        state._check = None
+        _drop_if_done(state)
+
+    state._check = loop.call_later(max(0.0, until - time.monotonic()) + 0.1, check)
+
+
+def states() -> dict[Hashable, Any]:
+    """The stream states this process holds, by key (for tests and checks)."""
+    return dict(_STATES)

@@ -1,0 +1,336 @@
+"""
+Hand-offs: which callback a triggerer handed to which task, and deleting its messages once the task has it.
+
+:class:`HandOffLedger` remembers what the shared streams of one process on one queue and
+connection handed on; :class:`HandOffConfirmer` deletes the messages of a task's hand-off once
+the task instance succeeded (the sensor pushes the callback to XCom before it returns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from airflow_sm_callback._airflow import TaskKey
+from airflow_sm_callback.hooks.errors import TRANSIENT_CODES, describe_error, is_transient
+
+if TYPE_CHECKING:
+    from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
+    from airflow_sm_callback.protocol.message import CallbackMessage
+    from airflow_sm_callback.protocol.routing import Claim, Delivery
+
+__all__ = ["LANDED_STATES", "HandOff", "HandOffConfirmer", "HandOffLedger", "TaskKey", "TaskStates"]
+
+log = logging.getLogger(__name__)
+
+#: Task instance states in which a task has its callback: the sensor pushed it to XCom before it
+#: succeeded, or closed the step itself and skipped (the execution was stopping).
+LANDED_STATES: Final = frozenset({"success", "skipped"})
+
+#: Reads the current states of task instances (``None`` for one not found).
+TaskStates = Callable[[Sequence[TaskKey]], Awaitable[Mapping[TaskKey, str | None]]]
+
+
+@dataclass(slots=True)
+class HandOff:
+    """
+    A callback a shared stream handed to a task. Its messages stay hidden until they are deleted
+    once the task has the callback in XCom: by the task (``deleted_by="task"``), or by the
+    stream's :class:`HandOffConfirmer` once the task instance succeeded (``"triggerer"``).
+    """
+
+    callback: CallbackMessage
+    receipt_handles: list[str]
+    message_ids: frozenset[str]
+    owner: TaskKey
+    deleted_by: str = "task"
+    #: The task succeeded (or skipped) and the confirmer deleted the messages.
+    landed: bool = False
+    #: ``time.monotonic()`` until which the hand-off is kept: the end of its messages' hold.
+    until: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    message_ids: frozenset[str]
+    owner: TaskKey | None
+    #: Handed on for good at once (an asset event): any message of it back is redundant.
+    landed: bool
+
+
+class HandOffLedger:
+    """
+    What the shared streams of one process on one queue and connection handed on.
+
+    * **Tokens** (the last ``max_tokens``) with the message ids that carried them: a later
+      message of such a token with another id is a copy (SQS delivers at least once; the
+      ``Stopping`` message follows the ``Executing`` one), deleted; the original itself may
+      come back (its task is slow, or was restarted) and is never taken for a copy, unless its
+      task has already landed the hand-off.
+    * **Hand-offs** to tasks (the last ``max_owners``), by task instance, each kept until its
+      messages' hold ends: Airflow restarts a resumed task from scratch when it cannot start it
+      (the DAG file failed to import, for example), dropping the event, and a retried or
+      cleared task starts with its XCom cleared; the task defers again, and its new trigger
+      takes its hand-off from here at once, instead of waiting for a message that is hidden, or
+      already deleted. Each time, while the step is open: a hand-off whose step is closed is
+      forgotten.
+
+    It answers the hand-off questions of the routing policy
+    (:class:`~airflow_sm_callback.protocol.routing.HandOffKnowledge`).
+    """
+
+    def __init__(self, max_tokens: int = 50_000, max_owners: int = 10_000) -> None:
+        self._tokens: OrderedDict[str, _Token] = OrderedDict()
+        self._handoffs: OrderedDict[TaskKey, HandOff] = OrderedDict()
+        self._max_tokens = max_tokens
+        self._max_owners = max_owners
+
+    def record(self, delivery: Delivery, claim: Claim) -> HandOff | None:
+        """Remember a claim whose hand-off was durable; return the hand-off to a task, if it is one."""
+        token = delivery.token
+        to_task = claim.owner is not None and claim.hold is not None
+        self._tokens[token] = _Token(frozenset(delivery.message_ids), claim.owner, landed=claim.hold is None)
+        self._tokens.move_to_end(token)
+        if len(self._tokens) > self._max_tokens:
+            self._tokens.popitem(last=False)
+        if not to_task:
+            return None
+        callback = delivery.callback.with_step_name(claim.step_name) if claim.step_name else delivery.callback
+        handoff = HandOff(
+            callback,
+            list(delivery.receipt_handles),
+            frozenset(delivery.message_ids),
+            claim.owner,
+            claim.deleted_by,
+            until=time.monotonic() + float(claim.hold or 0),
+        )
+        self._handoffs[claim.owner] = handoff
+        self._handoffs.move_to_end(claim.owner)
+        if len(self._handoffs) > self._max_owners:
+            self._handoffs.popitem(last=False)
+        return handoff
+
+    def handed_on(self, token: str) -> bool:
+        """Whether the token was handed on through this process's stream."""
+        return token in self._tokens
+
+    def is_copy(self, token: str, message_id: str | None) -> bool:
+        """Whether a message is a further copy of a token handed on (not its original message)."""
+        known = self._tokens.get(token)
+        return known is not None and message_id is not None and message_id not in known.message_ids
+
+    def _handoff_of(self, token: str) -> HandOff | None:
+        known = self._tokens.get(token)
+        handoff = self._handoffs.get(known.owner) if known and known.owner else None
+        return handoff if handoff is not None and handoff.callback.token == token else None
+
+    def landed(self, token: str) -> bool:
+        """Whether the token's receiver has the callback for good (so any message of it back is redundant)."""
+        known = self._tokens.get(token)
+        if known is not None and known.landed:
+            return True
+        handoff = self._handoff_of(token)
+        return handoff is not None and handoff.landed
+
+    def came_back(self, token: str, receipt_handles: Sequence[str], hidden_for: float) -> HandOff | None:
+        """
+        The original message of a hand-off was received again (its task is slow, restarted, or
+        was retried): its new receipt handles. Returns the hand-off when the confirmer should
+        look at its task again before the message is visible once more (``hidden_for`` seconds).
+        """
+        handoff = self._handoff_of(token)
+        if handoff is None:
+            return None
+        handoff.receipt_handles = list(receipt_handles)
+        handoff.until = max(handoff.until, time.monotonic() + hidden_for)
+        if handoff.deleted_by == "triggerer" and not handoff.landed:
+            return handoff
+        return None
+
+    def get(self, owner: TaskKey) -> HandOff | None:
+        """The hand-off given to ``owner`` while its hold lasts (the task may start again)."""
+        handoff = self._handoffs.get(owner)
+        if handoff is not None and handoff.until < time.monotonic():
+            del self._handoffs[owner]
+            return None
+        return handoff
+
+    def given_again(self, owner: TaskKey, hold: float) -> None:
+        """``owner``'s hand-off was given to its task again: kept for ``hold`` seconds more."""
+        handoff = self._handoffs.get(owner)
+        if handoff is not None:
+            handoff.until = max(handoff.until, time.monotonic() + hold)
+
+    def forget(self, owner: TaskKey) -> None:
+        """Forget the hand-off given to ``owner`` (its step is closed)."""
+        self._handoffs.pop(owner, None)
+
+    def kept_until(self) -> float | None:
+        """When the last hand-off still kept ends (``time.monotonic()``), or ``None`` when none is."""
+        now = time.monotonic()
+        for owner in [o for o, h in self._handoffs.items() if h.until < now]:
+            del self._handoffs[owner]
+        return max((h.until for h in self._handoffs.values()), default=None)
+
+
+@dataclass(eq=False, slots=True)
+class _Watch:
+    handoff: HandOff
+    #: Loop time at which the messages' hold ends (they are visible again).
+    until: float
+    next_look: float
+    gap: float
+
+
+class HandOffConfirmer:
+    """
+    Deletes the messages of a stream's hand-offs to tasks once the tasks have their callbacks,
+    many at a time (``DeleteMessageBatch``, ten a request).
+
+    A task has its callback once its task instance succeeded (the sensor pushes the callback to
+    XCom before it returns) or skipped (it closed the step of a stopping execution). The
+    confirmer reads the states of the task instances it waits for (one request per DAG and 100
+    runs, through the triggerer's supervisor) from 2 seconds after the event was persisted,
+    with gaps that double up to 10 seconds, until the messages' hold ends; a message that comes
+    back after that is looked at again (:meth:`HandOffLedger.came_back`). It runs while there is
+    something to wait for, and outlives the stream's producer (a stream stops when its last
+    trigger leaves, before the tasks resume). Nothing is lost when it stops early: the messages
+    come back when their hold ends, and are delivered or deleted then.
+
+    :param states: where task instance states are read (``None``: nowhere, nothing is deleted).
+    :param on_idle: called when it has nothing left to do.
+    """
+
+    FIRST_LOOK: Final = 2.0
+    MAX_GAP: Final = 10.0
+    TICK: Final = 1.0
+    DELETE_ATTEMPTS: Final = 10
+
+    def __init__(
+        self,
+        states: Callable[[], TaskStates | None],
+        on_idle: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._states = states
+        self._on_idle = on_idle
+        self._watches: dict[TaskKey, _Watch] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._queue_url: str | None = None
+        self._hook_factory: Callable[[], SageMakerCallbackHook] | None = None
+        #: Messages deleted, and task state rounds made (for tests and figures).
+        self.deleted = 0
+        self.rounds = 0
+
+    def connect(self, queue_url: str, hook_factory: Callable[[], SageMakerCallbackHook]) -> None:
+        """The queue, and how to make a hook on the stream's connection (set by the producer)."""
+        self._queue_url = queue_url
+        self._hook_factory = hook_factory
+
+    @property
+    def waiting(self) -> int:
+        """Hand-offs whose task has not been seen with its callback yet."""
+        return len(self._watches)
+
+    @property
+    def idle(self) -> bool:
+        """Whether it has nothing to wait for and nothing to delete."""
+        return not self._watches and (self._task is None or self._task.done())
+
+    def watch(self, handoff: HandOff, hidden_for: float) -> None:
+        """Look at ``handoff``'s task until its messages, hidden for ``hidden_for`` seconds, are visible."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        first = min(self.FIRST_LOOK, max(0.0, hidden_for - 1.0))
+        self._watches[handoff.owner] = _Watch(handoff, now + hidden_for, now + first, self.FIRST_LOOK)
+        task = self._task
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._task = loop.create_task(self._run(), name="sagemaker-callback-hand-offs")
+
+    def drop(self, owner: TaskKey) -> None:
+        """Stop waiting for ``owner`` (its hand-off is forgotten)."""
+        self._watches.pop(owner, None)
+
+    async def aclose(self) -> None:
+        """Stop now (the messages come back when their hold ends)."""
+        self._watches.clear()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        hook: SageMakerCallbackHook | None = None
+        #: Messages of landed hand-offs still to delete, with the attempts made.
+        deletes: dict[str, int] = {}
+        try:
+            while self._watches or deletes:
+                await asyncio.sleep(self.TICK)
+                landed = await self._landed()
+                for watch in landed:
+                    deletes.update(dict.fromkeys(watch.handoff.receipt_handles, 0))
+                if deletes and self._queue_url is not None and self._hook_factory is not None:
+                    hook = hook or self._hook_factory()
+                    deletes = await self._delete(hook, self._queue_url, deletes)
+                # Landed once the first delete was made: a message back from now on is redundant.
+                for watch in landed:
+                    watch.handoff.landed = True
+                    watch.handoff.receipt_handles = []
+        finally:
+            if hook is not None:
+                await hook.aclose()
+            if not self._watches:
+                # Once this task is done, so that ``idle`` holds when the callback asks.
+                asyncio.get_running_loop().call_soon(self._on_idle)
+
+    async def _landed(self) -> list[_Watch]:
+        """Look at the tasks due for a look; return the watches of those that have their callbacks."""
+        now = asyncio.get_running_loop().time()
+        due = [w for w in self._watches.values() if w.next_look <= now]
+        source = self._states()
+        if not due or source is None:
+            return []
+        self.rounds += 1
+        try:
+            states = await source([w.handoff.owner for w in due])
+        except Exception as err:
+            log.warning("Reading the states of %d waiting tasks failed: %s", len(due), err)
+            states = {}
+        landed: list[_Watch] = []
+        for watch in due:
+            owner = watch.handoff.owner
+            if self._watches.get(owner) is not watch:
+                continue  # watched again meanwhile
+            if states.get(owner) in LANDED_STATES:
+                landed.append(watch)
+                del self._watches[owner]
+            elif now >= watch.until:
+                del self._watches[owner]  # visible again: looked at when it comes back
+            else:
+                watch.gap = min(self.MAX_GAP, watch.gap * 2)
+                watch.next_look = min(now + watch.gap, watch.until)
+        return landed
+
+    async def _delete(
+        self, hook: SageMakerCallbackHook, queue_url: str, deletes: dict[str, int]
+    ) -> dict[str, int]:
+        """
+        Delete messages whose tasks have their callbacks; return those to try again (a transient
+        error, at most ``DELETE_ATTEMPTS`` rounds). A message not deleted comes back when its
+        hold ends, and is deleted then (its hand-off landed).
+        """
+        handles = list(deletes)
+        try:
+            result = await hook.adelete_messages(queue_url, handles)
+        except Exception as err:
+            log.warning("Deleting %d handed-on messages failed: %s", len(handles), describe_error(err))
+            again = set(handles) if is_transient(err) else set()
+        else:
+            self.deleted += len(result.succeeded)
+            if result.succeeded:
+                log.info("Deleted %d messages of callbacks whose tasks have them", len(result.succeeded))
+            again = {h for h, code, _ in result.failed if code in TRANSIENT_CODES}
+        return {h: deletes[h] + 1 for h in again if deletes[h] + 1 < self.DELETE_ATTEMPTS}

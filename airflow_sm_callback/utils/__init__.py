@@ -1,0 +1,1 @@
+"""What the sensor, the operators, the notifier and the decorator share."""
