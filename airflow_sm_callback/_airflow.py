@@ -23,13 +23,11 @@ from airflow import __version__ as _AIRFLOW_VERSION_TEXT
 from airflow.triggers.base import TriggerEvent
 from packaging.version import Version
 
-if TYPE_CHECKING:
-    from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
-
 __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3_3_PLUS",
     "AdvanceItem",
+    "SharedStreamManager",
     "SharedStreamProducer",
     "TaskKey",
     "TriggerEvent",
@@ -48,10 +46,11 @@ AIRFLOW_VERSION: tuple[int, int, int] = Version(_AIRFLOW_VERSION_TEXT).release[:
 AIRFLOW_V_3_3_PLUS: bool = AIRFLOW_VERSION >= (3, 3, 0)
 
 if AIRFLOW_V_3_3_PLUS or TYPE_CHECKING:
-    # Public from Airflow 3.3 (``airflow.triggers.shared_stream``), but not part of the Task SDK.
-    from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
+    # From Airflow 3.3 (``airflow.triggers.shared_stream``), outside the Task SDK.
+    from airflow.triggers.shared_stream import AdvanceItem, SharedStreamManager, SharedStreamProducer
 else:  # pragma: no cover - below 3.3
     AdvanceItem = None
+    SharedStreamManager = None
     SharedStreamProducer = object
 
 

@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-trigger", action="store_true", help="skip the trigger-level scenarios")
     parser.add_argument("--skip-idle", action="store_true", help="skip the idle scenarios")
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end scenarios")
+    parser.add_argument("--skip-masking", action="store_true", help="skip the token masking measurement")
+    parser.add_argument(
+        "--only", choices=["masking"], help="run one section alone (its figures printed, nothing written)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
     parser.add_argument(
         "--doc",
@@ -92,6 +96,11 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.only == "masking":
+        from bench.masking import masking_table, run_masking
+
+        print(masking_table(run_masking(100 if args.quick else 1000)))
+        return 0
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     logs: Path = args.logs or Path(tempfile.mkdtemp(prefix="bench-logs-"))
@@ -145,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         payload["trigger_level"] = {"figures": all_figures, "targets": evaluate(all_figures), "raw": raw}
         write_json(out / "latest.json", payload)
         plot(all_figures, out / "latency.png")
+    if not args.skip_masking:
+        from bench.masking import run_masking
+
+        print(f"[{time.monotonic() - began:7.0f} s] masking tokens ...", flush=True)
+        payload["masking"] = run_masking(100 if args.quick else 1000)
+    elif previous.exists() and "masking" in json.loads(previous.read_text()):
+        payload["masking"] = json.loads(previous.read_text())["masking"]
     if not args.skip_e2e:
         from bench.e2e import ROUNDS, run_e2e
 
@@ -161,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         print(table(all_figures))
         print("\nTargets (this project's trigger)\n")
         print(targets_table(payload["trigger_level"]["targets"]))
+    if "masking" in payload:
+        from bench.masking import masking_table
+
+        print("\nMasking callback tokens\n")
+        print(masking_table(payload["masking"]))
     if "end_to_end" in payload:
         print("\nEnd to end (latency from callback sent to sensor task succeeded)\n")
         print(e2e_table(payload["end_to_end"]))

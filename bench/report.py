@@ -303,6 +303,17 @@ def write_doc(path: Path, payload: dict[str, Any]) -> None:
             table(trigger_level["figures"]),
             "![latency against N](../bench/results/latency.png)",
         ]
+    masking = payload.get("masking")
+    if masking:
+        from bench.masking import masking_table
+
+        parts += [
+            "### Masking callback tokens",
+            "Wall time to register the tokens with a fresh process's secrets masker (in a triggerer, "
+            "event-loop time): Airflow's public `mask_secret`, against the provider's batched "
+            "registration (`_airflow.register_tokens`), which the shared stream uses.",
+            masking_table(masking),
+        ]
     e2e = payload.get("end_to_end")
     if e2e:
         settings = ", ".join(f"`{k.replace('__', '.', 1)} = {v}`" for k, v in e2e["settings"].items())

@@ -10,9 +10,9 @@ answer ``ValidationException``, ``ThrottlingException`` and 5xx. What the hook d
 answer                                       behaviour
 ===========================================  ==================================================
 ``ThrottlingException`` (and the other       retried by botocore (``standard`` retry mode, 6
-throttling codes), 5xx, connection errors    attempts, unless the connection sets ``retries``);
-                                             once those are spent, the task fails naming the
-                                             execution and the masked token
+throttling codes), 5xx, connection errors    retries: 7 requests, unless the connection sets
+                                             ``retries``); once those are spent, the task fails
+                                             naming the execution and the masked token
 ``ConflictException``, ``ResourceNotFound``  looked up (``ListPipelineExecutionSteps``): the step
                                              already in the wanted state counts as done; in the
                                              other closed state the task fails naming it; still

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Generator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -79,6 +80,58 @@ class Sleep:
 Op = Generator[Call | Mask | Sleep, Any, T]
 
 
+def drive(
+    op: Op[T], client: Callable[[str], Any], mask: Callable[[str], None], sleep: Callable[[float], None]
+) -> T:
+    """Run an operation with sync clients (boto3): ``client(service)`` gives the client of a service."""
+    try:
+        call = next(op)
+        while True:
+            if isinstance(call, Mask):
+                mask(call.token)
+                call = op.send(None)
+            elif isinstance(call, Sleep):
+                sleep(call.seconds)
+                call = op.send(None)
+            else:
+                try:
+                    response = getattr(client(call.service), call.method)(**call.kwargs)
+                except ClientError as err:
+                    call = op.throw(err)
+                else:
+                    call = op.send(response)
+    except StopIteration as stop:
+        return stop.value
+
+
+async def adrive(
+    op: Op[T],
+    client: Callable[[str], Awaitable[Any]],
+    mask: Callable[[str], Awaitable[None]],
+    sleep: Callable[[float], Awaitable[None]],
+) -> T:
+    """Run an operation with async clients (aiobotocore), never blocking the event loop."""
+    try:
+        call = next(op)
+        while True:
+            if isinstance(call, Mask):
+                await mask(call.token)
+                call = op.send(None)
+            elif isinstance(call, Sleep):
+                await sleep(call.seconds)
+                call = op.send(None)
+            else:
+                service_client = await client(call.service)
+                try:
+                    response = await getattr(service_client, call.method)(**call.kwargs)
+                except ClientError as err:
+                    call = op.throw(err)
+                else:
+                    call = op.send(response)
+    except StopIteration as stop:
+        return stop.value
+
+
 def error_code(err: ClientError) -> str:
     """The error code of an AWS answer."""
     return str(err.response.get("Error", {}).get("Code", ""))
@@ -106,6 +159,23 @@ def single(service: str, method: str, **kwargs: Any) -> Op[Any]:
     """One request, its response returned as it is."""
     response = yield Call(service, method, kwargs)
     return response
+
+
+class BoundedSet:
+    """A set that forgets its oldest members beyond ``size`` (for "log once" bookkeeping)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._items: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, item: str) -> bool:
+        """Add ``item``; return whether it was new."""
+        if item in self._items:
+            return False
+        self._items[item] = None
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return True
 
 
 # -- SQS -----------------------------------------------------------------------------------------

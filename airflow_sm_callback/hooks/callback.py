@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -19,12 +18,17 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import botocore.config
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from asgiref.sync import sync_to_async
-from botocore.exceptions import ClientError
 
 from airflow_sm_callback import _airflow
 from airflow_sm_callback.hooks import _closing
 from airflow_sm_callback.hooks import _operations as ops
-from airflow_sm_callback.hooks._operations import SQS_BATCH_SIZE, BatchResult, Call, Mask, Op, Sleep
+from airflow_sm_callback.hooks._operations import (
+    SQS_BATCH_SIZE,
+    BatchResult,
+    BoundedSet,
+    Call,
+    Op,
+)
 from airflow_sm_callback.protocol import routing
 from airflow_sm_callback.protocol.steps import CallbackStep, StepDirectory, pick_output_types
 from airflow_sm_callback.protocol.tokens import Outcome
@@ -36,26 +40,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: Retry policy used unless the connection or ``botocore_config`` sets one.
+#: Retry policy used unless the connection or ``botocore_config`` sets one (``max_attempts`` is
+#: botocore's count of retries: 7 requests in all).
 DEFAULT_RETRY_MODE: Final = "standard"
 DEFAULT_MAX_ATTEMPTS: Final = 6
-
-
-class _BoundedSet:
-    """A set that forgets its oldest members beyond ``size`` (for "log once" bookkeeping)."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._items: OrderedDict[str, None] = OrderedDict()
-        self._size = size
-
-    def add(self, item: str) -> bool:
-        """Add ``item``; return whether it was new."""
-        if item in self._items:
-            return False
-        self._items[item] = None
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return True
 
 
 class SageMakerCallbackHook(AwsBaseHook):
@@ -66,7 +54,8 @@ class SageMakerCallbackHook(AwsBaseHook):
     connection (credentials, region, endpoint, ``botocore_config``) serves both the SQS queue and
     SageMaker. Every method has an ``a``-prefixed async twin (aiobotocore, for triggers) with the
     same semantics. Throttling and 5xx answers are retried by botocore's retry mode (``standard``
-    with 6 attempts unless the connection's ``config_kwargs`` or ``config`` sets ``retries``);
+    with 6 retries, 7 requests in all, unless the connection's ``config_kwargs`` or ``config``
+    sets ``retries``);
     what each error of a close does is listed in :mod:`airflow_sm_callback.hooks._closing`.
 
     Every callback token the hook handles is registered with Airflow's secrets masker.
@@ -91,7 +80,7 @@ class SageMakerCallbackHook(AwsBaseHook):
         self._output_types_cache: dict[str, dict[str, dict[str, OutputType]]] = {}
         #: What this hook knows of the steps behind tokens it has seen.
         self.steps = StepDirectory()
-        self._warned = _BoundedSet()
+        self._warned = BoundedSet()
 
     # -- clients ---------------------------------------------------------------------------------
 
@@ -150,46 +139,13 @@ class SageMakerCallbackHook(AwsBaseHook):
     # -- drivers ---------------------------------------------------------------------------------
 
     def _run(self, op: Op[T]) -> T:
-        try:
-            call = next(op)
-            while True:
-                if isinstance(call, Mask):
-                    _airflow.mask_secret(call.token)
-                    call = op.send(None)
-                elif isinstance(call, Sleep):
-                    time.sleep(call.seconds)
-                    call = op.send(None)
-                else:
-                    client = self.sqs_client if call.service == "sqs" else self.conn
-                    try:
-                        response = getattr(client, call.method)(**call.kwargs)
-                    except ClientError as err:
-                        call = op.throw(err)
-                    else:
-                        call = op.send(response)
-        except StopIteration as stop:
-            return stop.value
+        clients = {"sqs": lambda: self.sqs_client, "sagemaker": lambda: self.conn}
+        return ops.drive(op, lambda service: clients[service](), _airflow.mask_secret, time.sleep)
 
     async def _arun(self, op: Op[T]) -> T:
-        try:
-            call = next(op)
-            while True:
-                if isinstance(call, Mask):
-                    await _airflow.amask_secrets([call.token])
-                    call = op.send(None)
-                elif isinstance(call, Sleep):
-                    await asyncio.sleep(call.seconds)
-                    call = op.send(None)
-                else:
-                    client = await self._aclient(call.service)
-                    try:
-                        response = await getattr(client, call.method)(**call.kwargs)
-                    except ClientError as err:
-                        call = op.throw(err)
-                    else:
-                        call = op.send(response)
-        except StopIteration as stop:
-            return stop.value
+        return await ops.adrive(
+            op, self._aclient, lambda token: _airflow.amask_secrets([token]), asyncio.sleep
+        )
 
     # -- masking and warnings --------------------------------------------------------------------
 
@@ -344,28 +300,13 @@ class SageMakerCallbackHook(AwsBaseHook):
             )
         )
 
-    def _poll(
-        self,
-        queue_url: str,
-        matcher: CallbackMatcher,
-        wait_time_seconds: int,
-        handoff_visibility: int,
-        max_receives: int,
-        max_lookups: int,
-        handoffs: routing.HandOffKnowledge | None,
-    ) -> Op[routing.Delivery | None]:
+    def _poll(self, queue_url: str, matcher: CallbackMatcher, *args: Any) -> Op[routing.Delivery | None]:
+        wait, hold, receives, lookups, handoffs = args
         return ops.poll(
-            self.log,
-            self.steps,
-            handoffs or routing.NoHandOffs(),
-            queue_url,
-            matcher,
-            wait_time_seconds=wait_time_seconds,
-            handoff_visibility=handoff_visibility,
-            max_receives=max_receives,
-            max_lookups=max_lookups,
+            self.log, self.steps, handoffs or routing.NoHandOffs(), queue_url, matcher,
+            wait_time_seconds=wait, handoff_visibility=hold, max_receives=receives, max_lookups=lookups,
             warn=self.warn_invalid,
-        )
+        )  # fmt: skip
 
     def complete_handoff(self, queue_url: str, receipt_handles: Sequence[str]) -> BatchResult:
         """Delete a claim's messages once its token has been handed on (``DeleteMessageBatch``)."""

@@ -23,15 +23,15 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow.triggers.shared_stream import SharedStreamManager
-
+from airflow_sm_callback._airflow import SharedStreamManager
 from airflow_sm_callback.triggers import _process
 from airflow_sm_callback.triggers._process import use_task_states
 from airflow_sm_callback.utils.aws import build_hook
 
 if TYPE_CHECKING:
-    from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+    from airflow.providers.common.compat.triggers import BaseEventTrigger
 
+    from airflow_sm_callback._airflow import TriggerEvent
     from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
     from airflow_sm_callback.triggers.handoffs import TaskKey, TaskStates
 

@@ -119,6 +119,26 @@ def test_each_mode_hands_the_callback_on(
     assert_no_token_in(result, emulator, arn)
 
 
+def test_a_deferred_sensor_s_trigger_closes_its_clients_before_its_event(
+    emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
+) -> None:
+    # ``airflow dags test`` runs the trigger in line and drops it after its first event: a
+    # trigger that opened both its clients (SQS, and SageMaker for the step look-up a step name
+    # needs) must have closed them before that event, or aiohttp reports unclosed sessions.
+    name = pipeline(emulator, callback_queue)
+    with started_once_deferred(emulator, name, env) as arns:
+        conf = {"queue_url": callback_queue, "step_name": "Score", "arguments": {"step_name": "score"}}
+        result = dags_test("sensor_deferrable", conf, env)
+    (arn,) = arns
+    assert result.returncode == 0, result.output[-4000:]
+    assert "running trigger in line" in result.output
+    assert result.xcom["wait"]["step_name"] == "Score"  # the trigger looked the step up
+    assert "Unclosed client session" not in result.output
+    assert "Unclosed connector" not in result.output
+    assert_closed(emulator, arn, "score")
+    assert emulator.queue_messages(callback_queue) == []
+
+
 def test_concurrent_waits_wrong_order_with_garbage(
     emulator: CallbackEmulator, callback_queue: str, env: dict[str, str]
 ) -> None:

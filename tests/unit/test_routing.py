@@ -1,0 +1,210 @@
+"""The routing policy, every outcome: claim, hold, hand back with backoff, delete as stale or duplicate, leave alone."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from airflow_sm_callback.protocol import CallbackMatcher, CallbackMessage, ReceivedMessages, UnparsedMessage
+from airflow_sm_callback.protocol.routing import (
+    Claim,
+    Decision,
+    Delivery,
+    Knowledge,
+    Reason,
+    Verdict,
+    Want,
+    backoff_visibility,
+    decide,
+    decide_invalid,
+    sort,
+    visibility_changes,
+    wants,
+)
+
+ARN = "arn:aws:sagemaker:us-east-1:111122223333:pipeline/p/execution/{}"
+
+
+@dataclass
+class Steps:
+    """Step knowledge set by hand: ``closed``, ``names`` (token: step name), ``fresh`` tokens."""
+
+    closed: set[str] = field(default_factory=set)
+    names: dict[str, str] = field(default_factory=dict)
+    fresh: set[str] = field(default_factory=set)
+
+    def step_closed(self, token: str) -> bool:
+        return token in self.closed
+
+    def step_fresh(self, token: str) -> bool:
+        return token in self.fresh or token in self.closed
+
+    def step_known(self, token: str) -> bool:
+        return token in self.names or token in self.closed
+
+    def step_name(self, token: str) -> str | None:
+        return self.names.get(token)
+
+
+@dataclass
+class HandOffs:
+    """Hand-off knowledge set by hand: tokens handed on (with their message ids) and landed."""
+
+    handed: dict[str, set[str]] = field(default_factory=dict)
+    landed_tokens: set[str] = field(default_factory=set)
+
+    def handed_on(self, token: str) -> bool:
+        return token in self.handed
+
+    def is_copy(self, token: str, message_id: str | None) -> bool:
+        return token in self.handed and message_id is not None and message_id not in self.handed[token]
+
+    def landed(self, token: str) -> bool:
+        return token in self.landed_tokens
+
+
+def message(
+    token: str, execution: str = "a", *, status: str = "Executing", mid: str = "", count: int = 1
+) -> dict:
+    body = {
+        "token": token,
+        "pipelineExecutionArn": ARN.format(execution),
+        "status": status,
+        "arguments": {"n": 1},
+    }
+    return {
+        "MessageId": mid or f"m-{token}-{status}",
+        "ReceiptHandle": f"r-{mid or token + status}",
+        "Body": json.dumps(body),
+        "Attributes": {"ApproximateReceiveCount": str(count)},
+    }
+
+
+def delivery(token: str = "Ab3dE6gH9k", execution: str = "a", count: int = 1) -> Delivery:
+    callback = CallbackMessage.from_sqs(message(token, execution, count=count))
+    return Delivery(callback, (f"r-{token}",), (f"m-{token}",), count)
+
+
+def test_backoff_is_at_once_then_grows_to_a_minute() -> None:
+    assert [backoff_visibility(n) for n in range(1, 10)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert backoff_visibility(10_000) == 60
+
+
+def test_sort_groups_a_token_s_messages_stopping_wins_and_sets_copies_and_the_unusable_apart() -> None:
+    handoffs = HandOffs(handed={"Zz9yX8wV7u": {"m-orig"}})
+    received = ReceivedMessages.parse(
+        [
+            message("Ab3dE6gH9k", count=1),
+            message("Ab3dE6gH9k", status="Stopping", count=3),
+            message("Zz9yX8wV7u", mid="m-orig"),  # the original of a hand-off, back
+            message("Zz9yX8wV7u", mid="m-copy"),  # a further copy of it
+            {"MessageId": "junk", "ReceiptHandle": "r-junk", "Body": "not json"},
+        ]
+    )
+    result = sort([received], Knowledge(Steps(), handoffs))
+    by_token = {d.token: d for d in result.deliveries}
+    first = by_token["Ab3dE6gH9k"]
+    assert first.callback.is_stopping
+    assert len(first.receipt_handles) == 2
+    assert first.receive_count == 3
+    assert by_token["Zz9yX8wV7u"].message_ids == ("m-orig",)
+    assert result.copies == ("r-m-copy",)
+    assert [bad.message_id for bad in result.invalid] == ["junk"]
+
+
+@pytest.mark.parametrize(
+    ("matcher", "steps", "handoffs", "expected"),
+    [
+        pytest.param(CallbackMatcher(pipeline_execution_arn=ARN.format("a")), Steps(), HandOffs(), (Want.YES, None), id="claim"),
+        pytest.param(CallbackMatcher(pipeline_execution_arn=ARN.format("b")), Steps(), HandOffs(), (Want.NO, None), id="another-execution"),
+        pytest.param(CallbackMatcher(arguments={"n": 2}), Steps(), HandOffs(), (Want.NO, None), id="other-arguments"),
+        pytest.param(CallbackMatcher(pipeline_name="p"), Steps(closed={"Ab3dE6gH9k"}), HandOffs(), (Want.NO, None), id="step-closed"),
+        pytest.param(CallbackMatcher(pipeline_name="p"), Steps(), HandOffs(landed_tokens={"Ab3dE6gH9k"}), (Want.NO, None), id="landed"),
+        pytest.param(CallbackMatcher(step_name="Score"), Steps(), HandOffs(), (Want.LOOK_UP, None), id="step-name-unknown"),
+        pytest.param(CallbackMatcher(step_name="Score"), Steps(names={"Ab3dE6gH9k": "Score"}), HandOffs(), (Want.YES, "Score"), id="step-name"),
+        pytest.param(CallbackMatcher(step_name="Score"), Steps(names={"Ab3dE6gH9k": "Approve"}), HandOffs(), (Want.NO, None), id="other-step"),
+        pytest.param(CallbackMatcher(pipeline_name="p"), Steps(names={"Ab3dE6gH9k": "Score"}), HandOffs(), (Want.YES, "Score"), id="name-known"),
+    ],
+)  # fmt: skip
+def test_what_a_waiter_wants(
+    matcher: CallbackMatcher, steps: Steps, handoffs: HandOffs, expected: tuple[Want, str | None]
+) -> None:
+    assert wants(matcher, delivery(), Knowledge(steps, handoffs)) == expected
+
+
+def test_a_claim_for_a_task_is_held_and_recorded() -> None:
+    decision = decide(delivery(), Claim(1, hold=900, owner="task"), Knowledge(Steps()))
+    assert decision == Decision(Verdict.HOLD, Reason.CLAIMED, ("r-Ab3dE6gH9k",), seconds=900, record=True)
+
+
+def test_a_watcher_s_claim_is_deleted_once_durable() -> None:
+    decision = decide(delivery(), Claim(1), Knowledge(Steps()))
+    assert (decision.verdict, decision.reason, decision.record) == (Verdict.DELETE, Reason.HANDED_ON, True)
+
+
+def test_a_copy_claimed_by_the_trigger_that_fired_is_deleted_but_never_counts_as_the_hand_off() -> None:
+    decision = decide(delivery(), Claim(1, hold=900, copy=True), Knowledge(Steps()))
+    assert (decision.verdict, decision.reason, decision.record) == (Verdict.DELETE, Reason.COPY, False)
+
+
+@pytest.mark.parametrize(
+    "claim", [Claim(1, hold=900), Claim(1), Claim(1, copy=True)], ids=["task", "watcher", "copy"]
+)
+def test_a_claim_whose_hand_off_failed_is_handed_back_at_once(claim: Claim) -> None:
+    decision = decide(delivery(count=5), claim, Knowledge(Steps(closed={"Ab3dE6gH9k"})), clean=False)
+    assert decision == Decision(Verdict.HAND_BACK, Reason.NOT_DURABLE, ("r-Ab3dE6gH9k",), seconds=0)
+
+
+def test_a_message_whose_step_is_closed_is_deleted_as_stale() -> None:
+    decision = decide(delivery(), None, Knowledge(Steps(closed={"Ab3dE6gH9k"})))
+    assert (decision.verdict, decision.reason) == (Verdict.DELETE, Reason.STALE)
+
+
+def test_a_message_whose_receiver_has_it_is_deleted_as_a_duplicate() -> None:
+    decision = decide(delivery(), None, Knowledge(Steps(), HandOffs(landed_tokens={"Ab3dE6gH9k"})))
+    assert (decision.verdict, decision.reason) == (Verdict.DELETE, Reason.LANDED)
+
+
+def test_an_unwanted_message_is_handed_back_at_once_then_with_a_growing_delay_and_a_look_up() -> None:
+    first = decide(delivery(count=1), None, Knowledge(Steps()))
+    assert first == Decision(Verdict.HAND_BACK, Reason.UNWANTED, ("r-Ab3dE6gH9k",), seconds=0)
+    again = decide(delivery(count=4), None, Knowledge(Steps()))
+    assert (again.verdict, again.seconds, again.lookup) == (Verdict.HAND_BACK, 4, ARN.format("a"))
+    known = decide(delivery(count=4), None, Knowledge(Steps(fresh={"Ab3dE6gH9k"})))
+    assert known.lookup is None  # what is known is fresh: no look-up
+
+
+def test_the_original_of_a_hand_off_coming_back_is_handed_back_and_flagged() -> None:
+    handoffs = HandOffs(handed={"Ab3dE6gH9k": {"m-Ab3dE6gH9k"}})
+    decision = decide(delivery(count=2), None, Knowledge(Steps(), handoffs))
+    assert (decision.verdict, decision.came_back, decision.seconds) == (Verdict.HAND_BACK, True, 1)
+
+
+@pytest.mark.parametrize(
+    "body", ["not json", '{"Records": [{"eventSource": "aws:s3"}]}', '{"token": "short"}']
+)
+def test_malformed_and_foreign_messages_are_handed_back_never_deleted(body: str) -> None:
+    (bad,) = ReceivedMessages.parse(
+        [
+            {
+                "MessageId": "x",
+                "ReceiptHandle": "r-x",
+                "Body": body,
+                "Attributes": {"ApproximateReceiveCount": "3"},
+            }
+        ]
+    ).invalid
+    assert isinstance(bad, UnparsedMessage)
+    decision = decide_invalid(bad)
+    assert decision == Decision(Verdict.HAND_BACK, Reason.UNUSABLE, ("r-x",), seconds=2)
+
+
+def test_visibility_changes_name_each_handle_once_and_a_delete_wins() -> None:
+    decisions = [
+        Decision(Verdict.HOLD, Reason.CLAIMED, ("h1",), seconds=900),
+        Decision(Verdict.DELETE, Reason.STALE, ("d1", "d1")),
+        Decision(Verdict.HAND_BACK, Reason.UNWANTED, ("d1", "b1"), seconds=4),
+    ]
+    assert visibility_changes(decisions) == (["d1"], [("h1", 900), ("b1", 4)])
