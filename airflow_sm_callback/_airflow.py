@@ -8,42 +8,87 @@ function here names the Airflow version it was written against and the public al
 any, so that when a later Airflow changes one of these internals (or an older one lacks it) the
 change touches this module only.
 
-Written against Apache Airflow 3.3.2 (Task SDK 1.3.2).
+Written against Apache Airflow 3.3.2 (Task SDK 1.3.2) and checked on 3.0.6 (Task SDK 1.0.6),
+3.2.1 and 3.3.1 (``tests/unit/test_airflow_internals.py`` runs on each). Names that moved
+between those versions are found here once, in the order Airflow's own
+``airflow.providers.common.compat`` looks for them; that package cannot serve itself: the
+version Airflow 3.0.6 is installed with (1.7.3) has neither its ``sdk`` nor its ``triggers``
+module.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow import __version__ as _AIRFLOW_VERSION_TEXT
-from airflow.triggers.base import TriggerEvent
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from packaging.version import Version
 
 __all__ = [
     "AIRFLOW_VERSION",
+    "AIRFLOW_V_3_1_PLUS",
     "AIRFLOW_V_3_3_PLUS",
     "AdvanceItem",
+    "AirflowException",
+    "AirflowSensorTimeout",
+    "AirflowSkipException",
+    "BaseEventTrigger",
+    "DecoratedOperator",
     "SharedStreamManager",
     "SharedStreamProducer",
     "TaskKey",
     "TriggerEvent",
+    "TriggerRule",
     "amask_secrets",
     "atask_states",
+    "conf",
+    "decoded_kwarg",
+    "first_reschedule_date",
     "in_triggerer",
     "mask_secret",
     "register_tokens",
+    "reschedule_context",
+    "task_decorator_factory",
 ]
 
 log = logging.getLogger(__name__)
 
 #: The installed Airflow's version, ``(major, minor, micro)``.
 AIRFLOW_VERSION: tuple[int, int, int] = Version(_AIRFLOW_VERSION_TEXT).release[:3]  # type: ignore[assignment]
+#: Airflow 3.1 brought ``AssetOrTimeSchedule`` and human-in-the-loop tasks.
+AIRFLOW_V_3_1_PLUS: bool = AIRFLOW_VERSION >= (3, 1, 0)
 #: Shared streams in ack mode (``airflow.triggers.shared_stream``) exist from Airflow 3.3.
 AIRFLOW_V_3_3_PLUS: bool = AIRFLOW_VERSION >= (3, 3, 0)
+
+
+def _first(name: str, *modules: str) -> Any:
+    """``name`` from the first of ``modules`` that has it (where Airflow moved it over its versions)."""
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"none of {', '.join(modules)} has {name} (Airflow {_AIRFLOW_VERSION_TEXT})")
+
+
+# -- names that moved ------------------------------------------------------------------------------
+# Task SDK 1.1+ (Airflow 3.1+) has them in ``airflow.sdk``; 3.0 in core. Public alternative:
+# ``airflow.providers.common.compat.sdk``, from common.compat 1.8 (not what 3.0.6 installs).
+
+AirflowException: Any = _first("AirflowException", "airflow.sdk.exceptions", "airflow.exceptions")
+AirflowSensorTimeout: Any = _first("AirflowSensorTimeout", "airflow.sdk.exceptions", "airflow.exceptions")
+AirflowSkipException: Any = _first("AirflowSkipException", "airflow.sdk.exceptions", "airflow.exceptions")
+TriggerRule: Any = _first("TriggerRule", "airflow.sdk", "airflow.utils.trigger_rule")
+conf: Any = _first("conf", "airflow.sdk", "airflow.configuration")
+# ``@task``'s building blocks: ``airflow.sdk.bases.decorator`` in every Airflow 3.
+DecoratedOperator: Any = _first("DecoratedOperator", "airflow.sdk.bases.decorator")
+task_decorator_factory: Any = _first("task_decorator_factory", "airflow.sdk.bases.decorator")
 
 if AIRFLOW_V_3_3_PLUS or TYPE_CHECKING:
     # From Airflow 3.3 (``airflow.triggers.shared_stream``), outside the Task SDK.
@@ -131,19 +176,101 @@ async def atask_states(keys: Sequence[TaskKey]) -> dict[TaskKey, str | None]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Trigger kwargs
+# ----------------------------------------------------------------------------------------------
+
+#: The markers of Airflow's serialization, as themselves and as the stringified enum names.
+_VAR_KEYS = ("__var", "Encoding.VAR")
+_TYPE_KEYS = ("__type", "Encoding.TYPE")
+
+
+def decoded_kwarg(value: Any) -> Any:
+    """
+    A trigger kwarg as it was serialized, undoing the serialization markers Airflow can leave in it.
+
+    Airflow 3.2.1 (and 3.2.0) gives an ``AssetWatcher``'s trigger its nested dicts still wrapped
+    as ``{"Encoding.VAR": {...}, "Encoding.TYPE": "dict"}`` (its kwargs pass through two
+    serializers: apache/airflow#65973, fixed by #65992 in 3.3.1). Plain values pass unchanged.
+    Public alternative: none; from 3.3.1 the kwargs arrive decoded.
+    """
+    if isinstance(value, dict):
+        var = next((k for k in _VAR_KEYS if k in value), None)
+        kind = next((k for k in _TYPE_KEYS if k in value), None)
+        if var is not None and kind is not None and len(value) == 2:
+            inner = decoded_kwarg(value[var])
+            return tuple(inner) if value[kind] == "tuple" and isinstance(inner, list) else inner
+        return {key: decoded_kwarg(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decoded_kwarg(item) for item in value]
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Sensors in reschedule mode
+# ----------------------------------------------------------------------------------------------
+
+
+class _RescheduleDateAsDatetime:
+    """A task instance whose ``get_first_reschedule_date`` answers a datetime (see below)."""
+
+    def __init__(self, ti: Any) -> None:
+        object.__setattr__(self, "_ti", ti)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ti, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._ti, name, value)
+
+    def get_first_reschedule_date(self, context: Any) -> datetime | None:
+        return first_reschedule_date(self._ti, context)
+
+
+def first_reschedule_date(ti: Any, context: Any) -> datetime | None:
+    """
+    ``ti.get_first_reschedule_date(context)`` as a datetime.
+
+    Airflow 3.0.x and 3.1.0 to 3.1.3 answer with the ISO text under ``airflow dags test`` (the
+    Task SDK's client builds the answer with pydantic's ``model_construct``, and the in-process
+    supervisor hands it on unparsed: apache/airflow#58777, fixed by #58791 in 3.1.4). Public
+    alternative: the same call, from 3.1.4.
+    """
+    first = ti.get_first_reschedule_date(context)
+    return datetime.fromisoformat(first) if isinstance(first, str) else first
+
+
+def reschedule_context(context: Any) -> Any:
+    """
+    ``context`` for ``BaseSensorOperator.execute`` in reschedule mode: below Airflow 3.1.4, with a
+    task instance whose ``get_first_reschedule_date`` answers a datetime (see
+    :func:`first_reschedule_date`), which the base sensor subtracts from the time now; as it is
+    from 3.1.4.
+    """
+    if AIRFLOW_VERSION >= (3, 1, 4):
+        return context
+    ti = _RescheduleDateAsDatetime(context["ti"])
+    return {**context, "ti": ti, "task_instance": ti}
+
+
+# ----------------------------------------------------------------------------------------------
 # Secrets masking
 # ----------------------------------------------------------------------------------------------
+
+
+_MASKER_MODULES = ("airflow.sdk._shared.secrets_masker", "airflow.sdk.execution_time.secrets_masker")
 
 
 def mask_secret(secret: str) -> None:
     """
     Register a secret with the secrets masker of this process and its supervisor's.
 
-    Public: ``airflow.providers.common.compat.sdk.mask_secret`` (``airflow.sdk.log.mask_secret``).
+    Public: ``airflow.sdk.log.mask_secret`` (Task SDK 1.1+); in Airflow 3.0,
+    ``airflow.sdk.execution_time.secrets_masker.mask_secret``, which tells the supervisor before
+    it masks here, and Airflow 3.0 logs the message it sends (``MaskSecret(value=...)``, at
+    debug level): so the secret is masked here first.
     """
-    from airflow.providers.common.compat.sdk import mask_secret as public_mask_secret
-
-    public_mask_secret(secret)
+    _first("_secrets_masker", *_MASKER_MODULES)().add_mask(secret)
+    _first("mask_secret", "airflow.sdk.log", "airflow.sdk.execution_time.secrets_masker")(secret)
 
 
 def register_tokens(tokens: Iterable[str]) -> None:
@@ -152,30 +279,30 @@ def register_tokens(tokens: Iterable[str]) -> None:
 
     ``SecretsMasker.add_mask`` recompiles one regular expression of *every* secret it knows for
     each new secret, so registering N tokens costs O(N^2): with the public call, 16 s of
-    event-loop time for 1,000 tokens against 0.1 s here (``make bench BENCH_ARGS="--only
+    event-loop time for 1,000 tokens against 0.05 s here (``make bench BENCH_ARGS="--only
     masking"``). So each token's patterns are computed by ``add_mask`` itself on a scratch
     masker (the same adaptations, lengths and exclusions), then merged into the process's
     masker and compiled once, before it is published (a log line never meets a half-updated
     masker).
 
-    Airflow 3.3.2: ``airflow.sdk._shared.secrets_masker`` (``_secrets_masker()``,
-    ``SecretsMasker.patterns`` and ``.replacer``). Public alternative: ``mask_secret`` per token
-    (used when the masker is not the one this was written for).
+    Airflow 3.3.2 (``airflow.sdk._shared.secrets_masker``; 3.0 ``airflow.sdk.execution_time
+    .secrets_masker``): ``_secrets_masker()``, ``SecretsMasker.patterns`` and ``.replacer``.
+    Public alternative: ``mask_secret`` per token (used when the masker is not the one this was
+    written for).
     """
     tokens = [t for t in tokens if t]
     if not tokens:
         return
-    from airflow.sdk._shared.secrets_masker import SecretsMasker, _secrets_masker
-
-    masker = _secrets_masker()
+    masker_class = _first("SecretsMasker", *_MASKER_MODULES)
+    masker = _first("_secrets_masker", *_MASKER_MODULES)()
     known = getattr(masker, "patterns", None)
-    if not isinstance(masker, SecretsMasker) or not isinstance(known, set):
+    if not isinstance(masker, masker_class) or not isinstance(known, set):
         for token in tokens:
             masker.add_mask(token)
         return
     new: set[str] = set()
     for token in tokens:
-        scratch = SecretsMasker()
+        scratch = masker_class()
         scratch.add_mask(token)
         new |= scratch.patterns - known
     if new:
@@ -189,28 +316,69 @@ async def amask_secrets(tokens: Sequence[str]) -> None:
     Register callback tokens with this process's secrets masker (compiled once, as
     :func:`register_tokens`) and with its supervisor's (a triggerer's logs are written there).
 
-    Public: ``airflow.sdk.log.amask_secret``, called with every token at once after they are
-    registered here, so it finds nothing new to compile in this process and only tells the
-    supervisor (one message for all).
+    Public: ``airflow.sdk.log.amask_secret`` (Task SDK 1.3+, Airflow 3.3), called with every
+    token at once after they are registered here, so it finds nothing new to compile in this
+    process and only tells the supervisor (one message for all). Before 3.3 there is no async
+    call: the supervisor is sent the same ``MaskSecret`` message its comms' ``asend`` carries
+    (the sync ``mask_secret`` cannot run on a trigger's event loop).
     """
     tokens = [t for t in tokens if t]
     if not tokens:
         return
     register_tokens(tokens)
-    from airflow.sdk.log import amask_secret
+    try:
+        amask_secret = _first("amask_secret", "airflow.sdk.log")
+    except ImportError:
+        await _tell_supervisor(list(tokens))
+    else:
+        await amask_secret(list(tokens))
 
-    await amask_secret(list(tokens))
+
+async def _tell_supervisor(tokens: list[str]) -> None:
+    """
+    Airflow 3.0 to 3.2: ``task_runner.SUPERVISOR_COMMS.asend(MaskSecret(...))``, as
+    ``amask_secret`` does from 3.3. A task's comms in Airflow 3.0 have no ``asend`` (a trigger
+    run inline in a task, as ``airflow dags test`` runs it): there the sync ``send``, a short
+    request to its supervisor. Outside a triggerer or task there is no supervisor to tell.
+    """
+    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if comms is None:
+        return
+    from airflow.sdk.execution_time.comms import MaskSecret
+
+    message = MaskSecret(value=tokens)
+    try:
+        if (asend := getattr(comms, "asend", None)) is not None:
+            await asend(message)
+        else:
+            comms.send(message)
+    except Exception as err:  # as amask_secret: masking locally is what matters most
+        log.warning("Could not tell the supervisor of %d tokens to mask: %s", len(tokens), err)
+
+
+def masker_module() -> Any:
+    """The module of this Airflow's secrets masker (tests put a fresh masker in its place)."""
+    for name in _MASKER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "_secrets_masker"):
+            return module
+    raise ImportError(f"none of {', '.join(_MASKER_MODULES)} has _secrets_masker")
+
+
+def masker_class() -> Any:
+    """This Airflow's ``SecretsMasker`` class."""
+    return _first("SecretsMasker", *_MASKER_MODULES)
 
 
 def masker_patterns() -> set[str]:
     """The escaped patterns this process's secrets masker knows (for tests and checks)."""
-    from airflow.sdk._shared.secrets_masker import _secrets_masker
-
-    return set(getattr(_secrets_masker(), "patterns", set()))
+    return set(getattr(_first("_secrets_masker", *_MASKER_MODULES)(), "patterns", set()))
 
 
 def redact(value: Any) -> Any:
-    """Redact secrets the masker knows in ``value``. Public: ``common.compat.sdk.redact``."""
-    from airflow.providers.common.compat.sdk import redact as public_redact
-
-    return public_redact(value)
+    """Redact secrets the masker knows in ``value``. Public: ``airflow.sdk.log.redact`` (1.1+)."""
+    return _first("redact", "airflow.sdk.log", *_MASKER_MODULES)(value)

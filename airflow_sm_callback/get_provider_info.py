@@ -47,6 +47,27 @@ def get_provider_info() -> dict[str, Any]:
                 "class-name": "airflow_sm_callback.decorators.callback.sagemaker_callback_task",
             }
         ],
+        "config": {
+            "sagemaker_callback": {
+                "description": "Settings of the SageMaker Pipelines callback-step provider.",
+                "options": {
+                    "resume_hold": {
+                        "description": (
+                            "Seconds after a SageMakerCallbackSensor defers before its trigger may "
+                            "resume it (a callback that arrives sooner is claimed at once and held). "
+                            "It keeps Airflow's scheduler from failing a task that resumes before "
+                            "the scheduler has seen the deferring process end. Unset: the default "
+                            "measured for the installed Airflow version and executor. A sensor's "
+                            "resume_hold argument overrides it."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "20",
+                        "default": None,
+                    },
+                },
+            },
+        },
         "triggers": [
             {
                 "integration-name": "Amazon SageMaker Pipelines callback steps",

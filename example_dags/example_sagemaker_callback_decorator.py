@@ -9,14 +9,21 @@ so a retry can still succeed.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerStartPipelineOperator
 from airflow.sdk import DAG, Param, task
-from scoring import score_csv
 
 from airflow_sm_callback.sensors.callback import SageMakerCallbackSensor
+
+try:
+    from scoring import score_csv  # the example's work, beside this file in the DAGs folder
+except ImportError:  # Airflow 3.0 does not put the DAGs folder on sys.path for every command
+    sys.path.append(str(Path(__file__).resolve().parent))
+    from scoring import score_csv
 
 EXECUTION = "{{ ti.xcom_pull(task_ids='start_pipeline') }}"
 

@@ -24,7 +24,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, task
+from airflow.sdk import DAG, Asset, AssetWatcher, task
+
+try:
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+except ImportError:  # Airflow 3.0 has them in its core only
+    from airflow.timetables.assets import AssetOrTimeSchedule
+    from airflow.timetables.trigger import CronTriggerTimetable
 
 from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger

@@ -19,14 +19,14 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.providers.common.compat.sdk import (
+from airflow.providers.standard.operators.python import PythonOperator
+
+from airflow_sm_callback._airflow import (
     AirflowException,
     AirflowSkipException,
     DecoratedOperator,
     task_decorator_factory,
 )
-from airflow.providers.standard.operators.python import PythonOperator
-
 from airflow_sm_callback.links.callback import SageMakerPipelineExecutionLink
 from airflow_sm_callback.operators.callback import merge_output_parameters
 from airflow_sm_callback.protocol.outputs import encode_output_parameters
@@ -37,7 +37,6 @@ from airflow_sm_callback.utils.closing import STOPPED_BEFORE_WORK, request_token
 from airflow_sm_callback.utils.rendering import callback_from
 
 if TYPE_CHECKING:
-    from airflow.providers.common.compat.sdk import TaskDecorator
     from airflow.sdk import Context
 
     from airflow_sm_callback.protocol.message import CallbackMessage
@@ -217,7 +216,7 @@ def sagemaker_callback_task(
     :param multiple_outputs: unroll the returned dict into one XCom per key.
     """
 
-    def build(function: Callable[..., Any]) -> TaskDecorator:
+    def build(function: Callable[..., Any]) -> Any:
         return task_decorator_factory(
             python_callable=_callback_optional(function),
             multiple_outputs=multiple_outputs,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseNotifier
+from airflow.sdk import BaseNotifier
 
 from airflow_sm_callback.protocol.tokens import Outcome
 from airflow_sm_callback.utils.aws import build_hook

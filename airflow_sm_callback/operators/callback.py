@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, TriggerRule
+from airflow.sdk import BaseOperator
 
+from airflow_sm_callback._airflow import AirflowException, TriggerRule
 from airflow_sm_callback.links.callback import SageMakerPipelineExecutionLink
 from airflow_sm_callback.protocol.message import parse_execution_arn
 from airflow_sm_callback.protocol.outputs import InvalidOutputParameters, OutputType, encode_output_parameters

@@ -248,6 +248,8 @@ class Claim:
     :param copy: a further copy of a callback the claimer already fired: deleted, and never
         counted as the token's hand-off.
     :param step_name: the step name the callback is handed on with, when known.
+    :param watcher: the claimer is an ``AssetWatcher``'s trigger: once recorded, its token is
+        handed on for good (any message of it back is redundant).
     """
 
     claimer: Hashable
@@ -256,6 +258,7 @@ class Claim:
     deleted_by: str = "task"
     copy: bool = False
     step_name: str | None = None
+    watcher: bool = False
 
 
 class Verdict(StrEnum):

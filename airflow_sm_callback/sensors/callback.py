@@ -6,15 +6,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from airflow.providers.common.compat.sdk import (
-    AirflowException,
-    AirflowSensorTimeout,
-    AirflowSkipException,
-    BaseSensorOperator,
-    PokeReturnValue,
-    conf,
-)
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_sm_callback import _airflow
+from airflow_sm_callback._airflow import AirflowException, AirflowSensorTimeout, AirflowSkipException, conf
 from airflow_sm_callback.protocol.matching import CallbackMatcher
 from airflow_sm_callback.protocol.message import CallbackMessage, CallbackStatus
 from airflow_sm_callback.protocol.steps import AmbiguousCallbackStep
@@ -22,18 +17,10 @@ from airflow_sm_callback.protocol.tokens import Outcome, mask_token
 from airflow_sm_callback.utils.aws import AwsCallbackMixin, aws_template_fields
 from airflow_sm_callback.utils.closing import STOPPED_BEFORE_WORK, request_token_for
 from airflow_sm_callback.utils.rendering import rendered_mapping, rendered_optional
+from airflow_sm_callback.utils.settings import resume_hold as _resume_hold
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-#: Seconds after deferring before the trigger may resume the task. A callback that arrives
-#: sooner is claimed at once and held. Airflow's scheduler fails a task instance that is
-#: already queued or running again when it learns only then that the deferring process ended
-#: (same try number, "finished with state success, but the task instance's state attribute is
-#: running"). The deferring process's supervisor can take several seconds to report its end
-#: (5 s seen with SQLite on two CPUs; up to 17.7 s, over 414 deferrals, with 200 runs on two
-#: CPUs in the reliability load); this gives the scheduler time to learn it first.
-RESUME_HOLD: float = 20.0
 
 
 class SageMakerCallbackSensor(AwsCallbackMixin, BaseSensorOperator):
@@ -90,6 +77,11 @@ class SageMakerCallbackSensor(AwsCallbackMixin, BaseSensorOperator):
         not started yet.
     :param wait_time_seconds: long-poll time of one receive in poke and reschedule mode (default
         20 in poke mode, 5 in reschedule mode).
+    :param resume_hold: seconds after deferring before the trigger may resume the task (a
+        callback that arrives sooner is claimed at once and held): it keeps Airflow's scheduler
+        from failing a task that resumes too soon (see
+        :mod:`airflow_sm_callback.utils.settings`). Default: ``[sagemaker_callback]
+        resume_hold``, else the default measured for this Airflow version and executor.
     :param handoff_visibility: seconds the matched message stays hidden while it is handed to
         the task: from the trigger event to ``execute_complete`` in deferrable mode, from the
         receive to the XCom push in poke mode. A task that Airflow restarts without its event
@@ -123,6 +115,7 @@ class SageMakerCallbackSensor(AwsCallbackMixin, BaseSensorOperator):
         stop_execution_on_timeout: bool = False,
         wait_time_seconds: int | None = None,
         handoff_visibility: int = 900,
+        resume_hold: float | None = None,
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
         verify: bool | str | None = None,
@@ -132,6 +125,8 @@ class SageMakerCallbackSensor(AwsCallbackMixin, BaseSensorOperator):
         super().__init__(**kwargs)
         if on_timeout not in ("fail_step", "none"):
             raise ValueError(f"on_timeout must be 'fail_step' or 'none', got {on_timeout!r}")
+        if resume_hold is not None:
+            _resume_hold(resume_hold)  # a bad value fails the DAG file's parse, naming it
         self._init_aws(aws_conn_id, region_name, verify, botocore_config)
         self.queue_url = queue_url
         self.pipeline_execution_arn = pipeline_execution_arn
@@ -143,6 +138,7 @@ class SageMakerCallbackSensor(AwsCallbackMixin, BaseSensorOperator):
         self.stop_execution_on_timeout = stop_execution_on_timeout
         self.wait_time_seconds = wait_time_seconds
         self.handoff_visibility = handoff_visibility
+        self.resume_hold = resume_hold
         self._recovery_done = False
         #: UNIX time the wait began (poke and reschedule mode; see :meth:`timed_out`).
         self._wait_began = time.time()
@@ -170,6 +166,8 @@ class SageMakerCallbackSensor(AwsCallbackMixin, BaseSensorOperator):
         self.log.info("Waiting on %s for the callback of %s", self.queue_url, matcher.describe())
         if not self.deferrable:
             self._wait_began = self._began(context)
+            if self.reschedule:
+                context = _airflow.reschedule_context(context)
             return super().execute(context)
         # Poke once, quickly, before deferring: the callback may already be there.
         result = self._poke(context, matcher, wait_time_seconds=0)
@@ -183,9 +181,9 @@ class SageMakerCallbackSensor(AwsCallbackMixin, BaseSensorOperator):
         later than the base sensor's own start, so :meth:`timed_out` acts before it would.
         """
         if self.reschedule:
-            first = context["ti"].get_first_reschedule_date(context)
+            first = _airflow.first_reschedule_date(context["ti"], context)
             if first is not None:
-                return first.timestamp()
+                return float(first.timestamp())
         return time.time()
 
     def _defer(self, matcher: CallbackMatcher) -> None:
@@ -210,7 +208,7 @@ class SageMakerCallbackSensor(AwsCallbackMixin, BaseSensorOperator):
                 handoff_visibility=self.handoff_visibility,
                 single_event=True,
                 deadline=deadline,
-                not_before=time.time() + RESUME_HOLD,
+                not_before=time.time() + _resume_hold(self.resume_hold),
             ),
             method_name="execute_complete",
             kwargs={"deadline": deadline},

@@ -21,17 +21,16 @@ import asyncio
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_sm_callback._airflow import SharedStreamManager
 from airflow_sm_callback.triggers import _process
-from airflow_sm_callback.triggers._process import use_task_states
+from airflow_sm_callback.triggers._process import use_local_streams, use_task_states
+from airflow_sm_callback.triggers.local import wait_closed as local_streams_closed
 from airflow_sm_callback.utils.aws import build_hook
 
 if TYPE_CHECKING:
-    from airflow.providers.common.compat.triggers import BaseEventTrigger
-
-    from airflow_sm_callback._airflow import TriggerEvent
+    from airflow_sm_callback._airflow import BaseEventTrigger, TriggerEvent
     from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
     from airflow_sm_callback.triggers.handoffs import TaskKey, TaskStates
 
@@ -72,6 +71,7 @@ def _for_task(event: TriggerEvent) -> bool:
 #: The harnesses open in this process: together they stand for the triggerer's supervisor.
 _OPEN: list[SharedStreamHarness] = []
 _PREVIOUS_SOURCE: list[TaskStates | None] = []
+_PREVIOUS_LOCAL: list[bool | None] = []
 
 
 async def _harness_task_states(keys: Sequence[TaskKey]) -> Mapping[TaskKey, str | None]:
@@ -85,6 +85,12 @@ class SharedStreamHarness:
     """
     Triggers sharing streams in one event loop, as in one triggerer process.
 
+    From Airflow 3.3 it drives each trigger's ``filter_shared_stream`` through Airflow's
+    ``SharedStreamManager``. Below 3.3, which has no shared streams, it runs each trigger's
+    ``run()`` as that triggerer does, and the triggers join the provider's own shared poll
+    (:mod:`airflow_sm_callback.triggers.local`); persist confirmations then have no part
+    (Airflow gives none), and ``persist_delay`` only times the cancel and the resume.
+
     :param persist_delay: seconds between an event and its persist confirmation (``None``: never
         confirm, as when the metadata database write fails).
     :param cancel_after_fire: seconds after the confirmation at which a trigger that fires once is
@@ -93,7 +99,13 @@ class SharedStreamHarness:
     :param resume_delay: seconds after the persist confirmation at which the resumed task's part
         deletes the messages a ``SageMakerCallbackTrigger`` event carries (``None``: never, as
         when the task does not resume).
+    :param local: run the triggers' ``run()`` on the provider's own shared polls, as below
+        Airflow 3.3 (``None``: so below 3.3, Airflow's shared streams from 3.3).
     """
+
+    #: The ``local`` of harnesses that do not say (``None``: by the Airflow version); for tests
+    #: that run the same scenarios on both paths.
+    default_local: ClassVar[bool | None] = None
 
     def __init__(
         self,
@@ -103,8 +115,17 @@ class SharedStreamHarness:
         ack_timeout: float = 300.0,
         max_subscriber_queue: int = 1024,
         resume_delay: float | None = None,
+        local: bool | None = None,
     ) -> None:
-        self.manager = SharedStreamManager(ack_timeout=ack_timeout, max_subscriber_queue=max_subscriber_queue)
+        if local is None:
+            local = self.default_local if self.default_local is not None else SharedStreamManager is None
+        if not local and SharedStreamManager is None:
+            raise RuntimeError("Airflow below 3.3 has no shared streams: only local=True runs here")
+        self.manager = (
+            None
+            if local
+            else SharedStreamManager(ack_timeout=ack_timeout, max_subscriber_queue=max_subscriber_queue)
+        )
         self.persist_delay = persist_delay
         self.cancel_after_fire = cancel_after_fire
         self.resume_delay = resume_delay
@@ -118,6 +139,7 @@ class SharedStreamHarness:
         self.task_states: dict[TaskKey, str] = {}
         if not _OPEN:
             _PREVIOUS_SOURCE.append(use_task_states(_harness_task_states))
+            _PREVIOUS_LOCAL.append(use_local_streams(True if self.manager is None else None))
         _OPEN.append(self)
 
     def add(self, trigger_id: int, trigger: BaseEventTrigger, *, fires_once: bool = True) -> None:
@@ -125,17 +147,25 @@ class SharedStreamHarness:
         key = trigger.shared_stream_key()
         if key is None:
             raise ValueError(f"{type(trigger).__name__} does not share a stream")
-        stream = self.manager.subscribe(trigger_id=trigger_id, trigger=trigger, key=key)
-        task = asyncio.create_task(self._drive(trigger_id, trigger, key, stream, fires_once))
+        if self.manager is not None:
+            stream = self.manager.subscribe(trigger_id=trigger_id, trigger=trigger, key=key)
+            events = trigger.filter_shared_stream(stream)
+        else:
+            events = trigger.run()
+        task = asyncio.create_task(self._drive(trigger_id, trigger, key, events, fires_once))
         self._running[trigger_id] = _Running(trigger, key, task)
 
     async def _drive(
-        self, trigger_id: int, trigger: BaseEventTrigger, key: Hashable, stream: Any, fires_once: bool
+        self, trigger_id: int, trigger: BaseEventTrigger, key: Hashable, events: Any, fires_once: bool
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
-            async for event in trigger.filter_shared_stream(stream):
-                seq = self.manager.bind_pending_event(trigger_id=trigger_id, key=key)
+            async for event in events:
+                seq = (
+                    self.manager.bind_pending_event(trigger_id=trigger_id, key=key)
+                    if self.manager is not None
+                    else None
+                )
                 fired = FiredEvent(trigger_id, event, time.monotonic())
                 self.events.append(fired)
                 self._running[trigger_id].events.append(fired)
@@ -151,11 +181,14 @@ class SharedStreamHarness:
         except BaseException as err:
             self.failures[trigger_id] = err
         finally:
-            await self.manager.unsubscribe(trigger_id, key)
+            if self.manager is not None:
+                await self.manager.unsubscribe(trigger_id, key)
+            else:
+                await events.aclose()
 
     def _confirm(self, fired: FiredEvent, seq: int | None) -> None:
         fired.persisted_at = time.monotonic()
-        if seq is not None:
+        if seq is not None and self.manager is not None:
             self.manager.confirm_persisted([seq])
 
     def _resume(self, trigger: BaseEventTrigger, fired: FiredEvent) -> None:
@@ -257,7 +290,10 @@ class SharedStreamHarness:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*self._resumes, return_exceptions=True)
-        await self.manager.stop_all()
+        if self.manager is not None:
+            await self.manager.stop_all()
+        else:
+            await local_streams_closed()
         for hook in self._hooks.values():
             await hook.aclose()
         self._hooks.clear()
@@ -265,6 +301,7 @@ class SharedStreamHarness:
             _OPEN.remove(self)
             if not _OPEN:
                 use_task_states(_PREVIOUS_SOURCE.pop())
+                use_local_streams(_PREVIOUS_LOCAL.pop())
 
     async def __aenter__(self) -> SharedStreamHarness:
         return self

@@ -27,13 +27,48 @@ from airflow_sm_callback.triggers.handoffs import HandOffConfirmer, HandOffLedge
 
 if TYPE_CHECKING:
     from airflow_sm_callback.triggers.desk import StreamDesk
+    from airflow_sm_callback.triggers.local import LocalStream
 
-__all__ = ["StreamState", "join", "leave", "states", "task_states_source", "use_task_states"]
+__all__ = [
+    "StreamState",
+    "join",
+    "leave",
+    "local_streams",
+    "settle",
+    "state_of",
+    "states",
+    "task_states_source",
+    "use_local_streams",
+    "use_task_states",
+]
 
 log = logging.getLogger(__name__)
 
 _STATES: dict[Hashable, StreamState] = {}
 _override: list[TaskStates | None] = [None]
+_local_override: list[bool | None] = [None]
+
+
+def use_local_streams(enabled: bool | None) -> bool | None:
+    """
+    Make single triggers' ``run()`` join this process's shared polls (``None``: decide as
+    :func:`local_streams` does), and return the previous setting. For harnesses that run
+    triggers below Airflow 3.3 as its triggerer does.
+    """
+    previous, _local_override[0] = _local_override[0], enabled
+    return previous
+
+
+def local_streams() -> bool:
+    """
+    Whether a trigger's ``run()`` shares this process's poll of its queue and connection
+    (:mod:`.local`): below Airflow 3.3, in a triggerer. From 3.3 the triggerer shares polls
+    itself (``filter_shared_stream``), and elsewhere (``airflow dags test``) a trigger polls
+    on its own.
+    """
+    if _local_override[0] is not None:
+        return _local_override[0]
+    return not _airflow.AIRFLOW_V_3_3_PLUS and _airflow.in_triggerer()
 
 
 def use_task_states(source: TaskStates | None) -> TaskStates | None:
@@ -65,6 +100,10 @@ class StreamState:
     confirmer: HandOffConfirmer = field(init=False)
     #: The claim desk of the stream's open producer (``None`` while none is open).
     desk: StreamDesk | None = None
+    #: Below Airflow 3.3, the provider's own shared poll of the stream (``None`` while none runs),
+    #: and its closing once its last subscriber left.
+    local: LocalStream | None = None
+    closing: asyncio.Task[None] | None = None
     users: set[int] = field(default_factory=set)
     _warming: asyncio.Task[None] | None = field(default=None, repr=False)
     _check: asyncio.TimerHandle | None = field(default=None, repr=False)
@@ -101,7 +140,13 @@ class StreamState:
     @property
     def done(self) -> bool:
         """Whether nothing needs this state any more."""
-        return not self.users and self.confirmer.idle and self.ledger.kept_until() is None
+        return (
+            not self.users
+            and self.local is None
+            and (self.closing is None or self.closing.done())
+            and self.confirmer.idle
+            and self.ledger.kept_until() is None
+        )
 
 
 def join(key: Hashable, user: int) -> StreamState:
@@ -114,6 +159,19 @@ def join(key: Hashable, user: int) -> StreamState:
         state._check.cancel()
         state._check = None
     return state
+
+
+def state_of(key: Hashable) -> StreamState:
+    """The state of stream ``key``, made if this process has none (whoever keeps it there must :func:`settle` it)."""
+    state = _STATES.get(key)
+    if state is None:
+        state = _STATES[key] = StreamState(key)
+    return state
+
+
+def settle(state: StreamState) -> None:
+    """Drop ``state`` if nothing needs it any more (something that kept it there has ended)."""
+    _drop_if_done(state)
 
 
 def find(key: Hashable) -> StreamState | None:

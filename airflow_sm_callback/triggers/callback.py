@@ -28,10 +28,8 @@ import time
 from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from airflow.providers.common.compat.triggers import BaseEventTrigger
-
 from airflow_sm_callback import _airflow
-from airflow_sm_callback._airflow import TaskKey, TriggerEvent
+from airflow_sm_callback._airflow import BaseEventTrigger, TaskKey, TriggerEvent
 from airflow_sm_callback.hooks.errors import describe_error, is_transient
 from airflow_sm_callback.protocol import routing
 from airflow_sm_callback.protocol.matching import CallbackMatcher
@@ -86,7 +84,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
     :param not_before: a UNIX time before which a single-event trigger does not fire: a callback
         claimed earlier is held (hidden on the queue) until then. The sensor sets it a few
         seconds after it defers, so that the scheduler has seen the deferring process end before
-        the task resumes (see :data:`~airflow_sm_callback.sensors.callback.RESUME_HOLD`).
+        the task resumes (see :mod:`airflow_sm_callback.utils.settings`).
     """
 
     def __init__(
@@ -106,11 +104,15 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
     ) -> None:
         super().__init__()
         self.queue_url = queue_url
-        self.matcher = matcher if isinstance(matcher, CallbackMatcher) else CallbackMatcher.from_dict(matcher)
+        self.matcher = (
+            matcher
+            if isinstance(matcher, CallbackMatcher)
+            else CallbackMatcher.from_dict(_airflow.decoded_kwarg(matcher))
+        )
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
         self.verify = verify
-        self.botocore_config = botocore_config
+        self.botocore_config = _airflow.decoded_kwarg(botocore_config)
         self.wait_time_seconds = wait_time_seconds
         self.handoff_visibility = handoff_visibility
         self.single_event = single_event
@@ -182,6 +184,17 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
     # -- standalone -----------------------------------------------------------------------------
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        if _process.local_streams():
+            # Below Airflow 3.3, in a triggerer: this process's one poll of the queue and
+            # connection, through the same filter as Airflow's shared streams (see .local).
+            from airflow_sm_callback.triggers import local
+
+            key = self.shared_stream_key()
+            assert key is not None
+            feed = local.subscribe(key, self.serialize()[1], id(self))
+            async for event in self.filter_shared_stream(feed):
+                yield event
+            return
         hook = self.hook()
         # A watcher's own record of what it fired: later messages of those tokens are deleted.
         handed_on = HandOffLedger()
@@ -240,7 +253,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                     return
                 yield TriggerEvent(event)
                 # An AssetWatcher resumed us: the runner has taken the event; delete its messages.
-                handed_on.record(taken, routing.Claim(id(self)))
+                handed_on.record(taken, routing.Claim(id(self), watcher=True))
                 await self._delete_quietly(hook, taken.receipt_handles)
         finally:
             await hook.aclose()
@@ -388,7 +401,10 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                         continue
                     claim = routing.Claim(
                         me,
-                        hold=self.handoff_visibility if once else None,
+                        # Without Airflow's persist confirmation (the provider's own shared
+                        # poll, below 3.3) an asset event's messages are held too, and deleted
+                        # when they come back (see .local).
+                        hold=self.handoff_visibility if once or not desk.persist_confirmed else None,
                         owner=owner if once else None,
                         deleted_by=(
                             "triggerer"
@@ -396,6 +412,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                             else "task"
                         ),
                         step_name=step_name,
+                        watcher=not once,
                     )
                     if not desk.claim(batch.id, delivery.token, claim):
                         continue

@@ -87,6 +87,10 @@ class StreamDesk:
 
     :param hook: the stream's hook (its async clients serve every trigger on the stream).
     :param ledger: what this process's streams on the same queue and connection handed on.
+    :param persist_confirmed: the producer advances a batch only once Airflow confirmed that the
+        events derived from it persisted (Airflow's shared streams, 3.3+). The provider's own
+        shared poll below 3.3 has no such confirmation: there an asset event's messages are held
+        for the hand-off too, never deleted on the word of the event alone.
     """
 
     def __init__(
@@ -95,11 +99,13 @@ class StreamDesk:
         queue_url: str,
         ledger: HandOffLedger,
         *,
+        persist_confirmed: bool = True,
         lookup_concurrency: int = 4,
     ) -> None:
         self.hook = hook
         self.queue_url = queue_url
         self.ledger = ledger
+        self.persist_confirmed = persist_confirmed
         #: What the routing policy reads: the hook's step directory and the ledger.
         self.knowledge = routing.Knowledge(hook.steps, ledger)
         self._claims: dict[int, dict[str, routing.Claim]] = {}

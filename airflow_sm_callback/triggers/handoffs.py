@@ -94,7 +94,8 @@ class HandOffLedger:
         """Remember a claim whose hand-off was durable; return the hand-off to a task, if it is one."""
         token = delivery.token
         to_task = claim.owner is not None and claim.hold is not None
-        self._tokens[token] = _Token(frozenset(delivery.message_ids), claim.owner, landed=claim.hold is None)
+        # A watcher's token is handed on for good: its asset event has it.
+        self._tokens[token] = _Token(frozenset(delivery.message_ids), claim.owner, landed=claim.watcher)
         self._tokens.move_to_end(token)
         if len(self._tokens) > self._max_tokens:
             self._tokens.popitem(last=False)

@@ -90,8 +90,10 @@ class _Inflight:
 class CallbackStreamProducer(SharedStreamProducer):
     """The shared stream's producer: see the module docstring."""
 
-    def __init__(self, kwargs: dict[str, Any]) -> None:
+    def __init__(self, kwargs: dict[str, Any], *, persist_confirmed: bool = True) -> None:
         self.kwargs = kwargs
+        #: Whether a batch is advanced only after its events persisted (see :class:`StreamDesk`).
+        self.persist_confirmed = persist_confirmed
         self.queue_url: str = kwargs["queue_url"]
         self._inflight: dict[int, _Inflight] = {}
         self._desk: StreamDesk | None = None
@@ -113,7 +115,9 @@ class CallbackStreamProducer(SharedStreamProducer):
     async def open_stream(self) -> AsyncIterator[tuple[Any, Any]]:
         state = self._state = _process.join(stream_key(self.kwargs), id(self))
         state.confirmer.connect(self.queue_url, lambda: hook_for(self.kwargs))
-        self._desk = state.desk = StreamDesk(hook_for(self.kwargs), self.queue_url, state.ledger)
+        self._desk = state.desk = StreamDesk(
+            hook_for(self.kwargs), self.queue_url, state.ledger, persist_confirmed=self.persist_confirmed
+        )
         self._heartbeat = asyncio.create_task(self._keep_hidden())
         self._received = asyncio.Queue(maxsize=MAX_PENDING_RECEIVES)
         self._receiver = asyncio.create_task(self._receive_loop(self._received))

@@ -39,6 +39,13 @@ def _callbacks_of(events: Any) -> list[dict[str, Any]]:
     return found
 
 
+def _latest(events: Any, count: int) -> Any:
+    """The newest ``count`` events of an asset: a query from Airflow 3.1, the whole list (oldest first) in 3.0."""
+    if hasattr(events, "ascending"):
+        return events.ascending(False).limit(count)
+    return list(events)[-count:][::-1]
+
+
 def pending_callbacks(
     context: Context, hook: SageMakerCallbackHook, asset: Any = None, *, look_back: int = 200
 ) -> list[dict[str, Any]]:
@@ -55,7 +62,7 @@ def pending_callbacks(
     """
     candidates = callbacks_in_asset_events(context.get("triggering_asset_events"))
     if asset is not None:
-        candidates.extend(_callbacks_of(context["inlet_events"][asset].ascending(False).limit(look_back)))
+        candidates.extend(_callbacks_of(_latest(context["inlet_events"][asset], look_back)))
     unique: dict[str, dict[str, Any]] = {}
     for callback in candidates:
         unique.setdefault(callback["token"], callback)
