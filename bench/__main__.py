@@ -29,6 +29,7 @@ from bench.report import (
     plot,
     table,
     targets_table,
+    versions,
     write_doc,
     write_json,
 )
@@ -37,6 +38,13 @@ from bench.trigger_level import KINDS, Scenario, figures, run_scenario
 #: Seconds between an event and its persist confirmation (the metadata database write and the
 #: triggerer's next state sync).
 PERSIST_DELAY = 1.0
+
+
+def airflow_version() -> str:
+    """The installed Airflow's version (figures are kept per version)."""
+    from importlib.metadata import version
+
+    return version("apache-airflow")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -135,7 +143,13 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": earlier.get("machine"),
             }
             all_figures = earlier["trigger_level"]["figures"]
+    version = airflow_version()
     if not args.skip_trigger:
+        if previous.exists():
+            # The other Airflow versions' figures stay beside this run's (the same tables).
+            earlier = json.loads(previous.read_text()).get("trigger_level") or {}
+            kept = [f for f in earlier.get("figures", []) if f.get("airflow", "") not in ("", version)]
+            all_figures = kept
         baselines: dict[tuple[str, str], int] = {}
         for scenario in scenarios(args):
             print(f"[{time.monotonic() - began:7.0f} s] {scenario.name} ...", flush=True)
@@ -144,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             if scenario.n == 1:
                 baselines[scenario.kind, scenario.mode] = result["maxrss_kb"]
             figure = figures(result, baselines.get((scenario.kind, scenario.mode)))
+            figure["airflow"] = version
             all_figures.append(figure)
             summary = (
                 f"fired {figure['fired']}/{figure['n']}, p50 {figure['latency_p50_s']}, p99 {figure['latency_p99_s']}"
@@ -153,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"          {summary}, peak RSS {figure['peak_rss_mb']:.0f} MB", flush=True)
         payload["trigger_level"] = {"figures": all_figures, "targets": evaluate(all_figures), "raw": raw}
         write_json(out / "latest.json", payload)
-        plot(all_figures, out / "latency.png")
+        newest = versions(all_figures)[0]
+        plot([f for f in all_figures if f.get("airflow", "") == newest], out / "latency.png")
     if not args.skip_masking:
         from bench.masking import run_masking
 

@@ -21,8 +21,8 @@ WAYS = {
 
 _CODE = """
 import json, random, string, sys, time
-from airflow.providers.common.compat.sdk import mask_secret
 from airflow_sm_callback import _airflow
+from airflow_sm_callback._airflow import mask_secret
 way, n = sys.argv[1], int(sys.argv[2])
 random.seed(7)
 tokens = ["".join(random.choices(string.ascii_letters + string.digits, k=10)) for _ in range(n)]

@@ -60,14 +60,34 @@ def load_average() -> list[float] | None:
         return None
 
 
+def versions(figures: list[dict[str, Any]]) -> list[str]:
+    """The Airflow versions the figures were measured on, newest first."""
+    found = {f.get("airflow", "") for f in figures}
+    return sorted(found, key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()), reverse=True)
+
+
 def evaluate(figures: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each target with the measured figure and whether it was met (``None``: not measured)."""
+    """Each target, per Airflow version, with the measured figure and whether it was met."""
+    results: list[dict[str, Any]] = []
+    for airflow in versions(figures):
+        results.extend(_evaluate([f for f in figures if f.get("airflow", "") == airflow], airflow))
+    return results
+
+
+def _evaluate(figures: list[dict[str, Any]], version: str) -> list[dict[str, Any]]:
     ours = {(f["mode"], f["n"]): f for f in figures if f["kind"] == "ours"}
     results: list[dict[str, Any]] = []
 
     def add(key: str, measured: Any, met: bool | None, detail: str = "") -> None:
         results.append(
-            {"target": key, "text": TARGETS[key], "measured": measured, "met": met, "detail": detail}
+            {
+                "target": key,
+                "text": TARGETS[key],
+                "measured": measured,
+                "met": met,
+                "detail": detail,
+                "airflow": version,
+            }
         )
 
     bursts = sorted(n for mode, n in ours if mode == "burst" and n > 1)
@@ -124,41 +144,51 @@ def _mb(value: float | None) -> str:
 def table(figures: list[dict[str, Any]]) -> str:
     """The figures as a Markdown table (one row per scenario)."""
     lines = [
-        "| trigger | scenario | N | fired | p50 s | p99 s | SQS req. / callback | ReceiveMessage / min | peak RSS MB | above 1 wait MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Airflow | trigger | scenario | N | fired | p50 s | p99 s | SQS req. / callback | ReceiveMessage / min | peak RSS MB | above 1 wait MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for kind in KINDS:
-        for f in sorted((f for f in figures if f["kind"] == kind), key=lambda f: (f["mode"], f["n"])):
-            if f["mode"] == "burst":
-                limit = f["time_limit_s"]
-                row = [
-                    kind,
-                    "sent at once",
-                    str(f["n"]),
-                    f"{f['fired']}/{f['n']}",
-                    _s(f["latency_p50_s"], f["latency_p50_over_limit"], limit),
-                    _s(f["latency_p99_s"], f["latency_p99_over_limit"], limit),
-                    _s(f["sqs_requests_per_callback"]),
-                    "",
-                ]
-            else:
-                row = [
-                    kind,
-                    f"idle {f['idle_seconds']:.0f} s",
-                    str(f["n"]),
-                    "",
-                    "",
-                    "",
-                    "",
-                    _s(f["receive_per_minute"]),
-                ]
-            row += [_mb(f["peak_rss_mb"]), _mb(f["memory_above_one_wait_mb"])]
-            lines.append("| " + " | ".join(row) + " |")
+    rows = [
+        (airflow, kind, f)
+        for airflow in versions(figures)
+        for kind in KINDS
+        for f in sorted(
+            (f for f in figures if f["kind"] == kind and f.get("airflow", "") == airflow),
+            key=lambda f: (f["mode"], f["n"]),
+        )
+    ]
+    for airflow, kind, f in rows:
+        if f["mode"] == "burst":
+            limit = f["time_limit_s"]
+            row = [
+                airflow,
+                kind,
+                "sent at once",
+                str(f["n"]),
+                f"{f['fired']}/{f['n']}",
+                _s(f["latency_p50_s"], f["latency_p50_over_limit"], limit),
+                _s(f["latency_p99_s"], f["latency_p99_over_limit"], limit),
+                _s(f["sqs_requests_per_callback"]),
+                "",
+            ]
+        else:
+            row = [
+                airflow,
+                kind,
+                f"idle {f['idle_seconds']:.0f} s",
+                str(f["n"]),
+                "",
+                "",
+                "",
+                "",
+                _s(f["receive_per_minute"]),
+            ]
+        row += [_mb(f["peak_rss_mb"]), _mb(f["memory_above_one_wait_mb"])]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def targets_table(results: list[dict[str, Any]]) -> str:
-    lines = ["| target | measured | met |", "|---|---|---|"]
+    lines = ["| Airflow | target | measured | met |", "|---|---|---|---|"]
     for r in results:
         measured = r["measured"]
         if isinstance(measured, float):
@@ -167,7 +197,7 @@ def targets_table(results: list[dict[str, Any]]) -> str:
             measured = ", ".join(f"{k}: {v}" for k, v in measured.items())
         met = {True: "yes", False: "**no**", None: "not measured"}[r["met"]]
         detail = f" ({r['detail']})" if r["detail"] else ""
-        lines.append(f"| {r['text']} | {measured}{detail} | {met} |")
+        lines.append(f"| {r.get('airflow', '')} | {r['text']} | {measured}{detail} | {met} |")
     return "\n".join(lines)
 
 

@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 _HOME = tempfile.mkdtemp(prefix="airflow-sm-callback-home-")
 
@@ -26,3 +28,8 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 
 pytest_plugins = ["airflow_sm_callback.testing.pytest_plugin", "tests.fixtures"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The CeleryExecutor's tests last: their stack stops the LocalExecutor one when it starts."""
+    items.sort(key=lambda item: item.get_closest_marker("celery") is not None)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from airflow_sm_callback.testing import CallbackEmulator
-from tests.system.stack import ROOT, AirflowStack
+from tests.system.stack import ROOT, AirflowStack, postgres, redis
 
 #: The pipeline example 2's AssetWatcher waits for.
 EVENTS_PIPELINE = "sagemaker-callback-events"
@@ -123,6 +123,29 @@ def _one_stack_per_test_run() -> None:
             )
 
 
+def _stack_dags() -> Path:
+    dags = Path(tempfile.mkdtemp(prefix="stack-dags-"))
+    for source in [
+        *sorted((ROOT / "tests" / "dags").glob("*.py")),
+        *sorted((ROOT / "example_dags").glob("*.py")),
+    ]:
+        (dags / source.name).symlink_to(source)
+    return dags
+
+
+def _stack_env(emulator: CallbackEmulator, events_queue: str) -> dict[str, str]:
+    return {
+        **emulator.aws_env(),
+        **emulator.airflow_connection(),
+        "SAGEMAKER_CALLBACK_QUEUE_URL": events_queue,
+        "SAGEMAKER_CALLBACK_PIPELINE": EVENTS_PIPELINE,
+    }
+
+
+#: The LocalExecutor stack, while it runs (the Celery one stops it first: one stack at a time).
+_LOCAL: list[AirflowStack] = []
+
+
 @pytest.fixture(scope="session")
 def stack(sagemaker_callback_emulator: CallbackEmulator, events_queue: str) -> Iterator[AirflowStack]:
     """
@@ -130,21 +153,47 @@ def stack(sagemaker_callback_emulator: CallbackEmulator, events_queue: str) -> I
     started on first use and shared by the session (tests using it share an xdist group).
     """
     _one_stack_per_test_run()
-    dags = Path(tempfile.mkdtemp(prefix="stack-dags-"))
-    for source in [
-        *sorted((ROOT / "tests" / "dags").glob("*.py")),
-        *sorted((ROOT / "example_dags").glob("*.py")),
-    ]:
-        (dags / source.name).symlink_to(source)
-    env = {
-        **sagemaker_callback_emulator.aws_env(),
-        **sagemaker_callback_emulator.airflow_connection(),
-        "SAGEMAKER_CALLBACK_QUEUE_URL": events_queue,
-        "SAGEMAKER_CALLBACK_PIPELINE": EVENTS_PIPELINE,
-    }
     with AirflowStack(
-        dags_folder=dags,
-        extra_env=env,
+        dags_folder=_stack_dags(),
+        extra_env=_stack_env(sagemaker_callback_emulator, events_queue),
         settings={"core__max_active_runs_per_dag": "64", "core__parallelism": "32"},
     ) as running:
+        _LOCAL.append(running)
         yield running
+
+
+@pytest.fixture(scope="session")
+def celery_stack(sagemaker_callback_emulator: CallbackEmulator, events_queue: str) -> Iterator[AirflowStack]:
+    """
+    The same on the CeleryExecutor, as on Amazon MWAA: PostgreSQL, a Redis broker and two Celery
+    workers (Debian's packages, started by the project's scripts). The tests that use it run
+    last (``tests/conftest.py``), so it stops the LocalExecutor stack first: two stacks on two
+    CPUs would slow both.
+    """
+    _one_stack_per_test_run()
+    while _LOCAL:
+        _LOCAL.pop().stop()
+    with (
+        postgres(port=55434) as url,
+        redis() as broker,
+        AirflowStack(
+            dags_folder=_stack_dags(),
+            extra_env=_stack_env(sagemaker_callback_emulator, events_queue),
+            settings={
+                "core__max_active_runs_per_dag": "64",
+                "core__parallelism": "32",
+                "scheduler__task_instance_heartbeat_timeout": "60",
+            },
+            sql_alchemy_conn=url,
+            executor="CeleryExecutor",
+            broker_url=broker,
+            worker_concurrency=8,
+        ) as running,
+    ):
+        yield running
+
+
+@pytest.fixture(params=["LocalExecutor", pytest.param("CeleryExecutor", marks=pytest.mark.celery)])
+def any_stack(request: pytest.FixtureRequest) -> AirflowStack:
+    """The stack of each executor in its turn (real-process tests that run on both)."""
+    return request.getfixturevalue("stack" if request.param == "LocalExecutor" else "celery_stack")

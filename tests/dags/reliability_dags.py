@@ -6,8 +6,16 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Param, conf, task
-from airflow.sdk.exceptions import AirflowRescheduleException
+from airflow.sdk import DAG, Param, task
+
+try:
+    from airflow.sdk import conf
+except ImportError:  # Airflow 3.0
+    from airflow.configuration import conf
+try:
+    from airflow.sdk.exceptions import AirflowRescheduleException
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import AirflowRescheduleException
 
 from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 from airflow_sm_callback.protocol import CallbackMessage

@@ -20,77 +20,13 @@ from botocore.exceptions import ClientError
 
 from airflow_sm_callback.testing import CallbackEmulator, EmulatorError
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.emulator]
 
-REFERENCE_DEFINITION = pathlib.Path("/work/shared/reference/pipelines/sdk-callback-with-condition.json")
-
-# Produced by the SageMaker Python SDK 2.257 (``Pipeline(...).definition()``); a verbatim copy of
-# the reference file above so that the test runs wherever the repository is checked out.
-SDK_DEFINITION_TEXT = """
-{
-  "Version": "2020-12-01",
-  "Metadata": {},
-  "Parameters": [
-    {"Name": "CallbackQueueUrl", "Type": "String",
-     "DefaultValue": "https://sqs.us-east-1.amazonaws.com/123456789012/sagemaker-callbacks"},
-    {"Name": "InputUri", "Type": "String", "DefaultValue": "s3://example-bucket/scoring/input.csv"},
-    {"Name": "Threshold", "Type": "Float", "DefaultValue": 0.8},
-    {"Name": "BatchSize", "Type": "Integer", "DefaultValue": 500}
-  ],
-  "PipelineExperimentConfig": {
-    "ExperimentName": {"Get": "Execution.PipelineName"},
-    "TrialName": {"Get": "Execution.PipelineExecutionId"}
-  },
-  "Steps": [
-    {
-      "Name": "ScoreInWarehouse",
-      "Type": "Callback",
-      "Arguments": {
-        "input_uri": {"Get": "Parameters.InputUri"},
-        "threshold": {"Get": "Parameters.Threshold"},
-        "batch_size": {"Get": "Parameters.BatchSize"},
-        "step_name": "score"
-      },
-      "SqsQueueUrl": {"Get": "Parameters.CallbackQueueUrl"},
-      "OutputParameters": [
-        {"OutputName": "rows_scored", "OutputType": "Integer"},
-        {"OutputName": "auc", "OutputType": "Float"},
-        {"OutputName": "passed", "OutputType": "Boolean"},
-        {"OutputName": "report_uri", "OutputType": "String"}
-      ]
-    },
-    {
-      "Name": "CheckAuc",
-      "Type": "Condition",
-      "Arguments": {
-        "Conditions": [
-          {
-            "Type": "GreaterThanOrEqualTo",
-            "LeftValue": {"Get": "Steps.ScoreInWarehouse.OutputParameters['auc']"},
-            "RightValue": {"Get": "Parameters.Threshold"}
-          }
-        ],
-        "IfSteps": [
-          {
-            "Name": "HumanApproval",
-            "Type": "Callback",
-            "Arguments": {
-              "auc": {"Get": "Steps.ScoreInWarehouse.OutputParameters['auc']"},
-              "step_name": "approve"
-            },
-            "DependsOn": ["ScoreInWarehouse"],
-            "SqsQueueUrl": {"Get": "Parameters.CallbackQueueUrl"},
-            "OutputParameters": [{"OutputName": "approved_by", "OutputType": "String"}]
-          }
-        ],
-        "ElseSteps": [
-          {"Name": "AucTooLow", "Type": "Fail", "Arguments": {"ErrorMessage": "AUC below threshold"}}
-        ]
-      }
-    }
-  ]
-}
-"""
+# Produced by the SageMaker Python SDK 2.257 (``Pipeline(...).definition()``): two callback
+# steps, a condition on a callback output and a fail step.
+SDK_DEFINITION_TEXT = (
+    pathlib.Path(__file__).parents[1] / "data" / "pipelines" / "sdk-callback-with-condition.json"
+).read_text()
 SDK_DEFINITION: dict[str, Any] = json.loads(SDK_DEFINITION_TEXT)
 TOKEN_RE = re.compile(r"^[a-zA-Z0-9]{10}$")
 GOOD_OUTPUTS = [
@@ -204,12 +140,6 @@ def _steps(emulator: CallbackEmulator, arn: str) -> dict[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- round trips
-
-
-def test_embedded_definition_is_the_reference_file() -> None:
-    if not REFERENCE_DEFINITION.exists():
-        pytest.skip("reference file not available here")
-    assert json.loads(REFERENCE_DEFINITION.read_text()) == SDK_DEFINITION
 
 
 def test_round_trip_one_callback_step(emulator: CallbackEmulator, sm: Any, sqs: Any) -> None:

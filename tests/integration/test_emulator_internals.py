@@ -30,7 +30,7 @@ from airflow_sm_callback.testing._moto import (
     check_moto,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.emulator]
 
 TESTING_DIR = pathlib.Path(testing_package.__file__).parent
 #: Modules of the emulator that may touch no private name of moto or werkzeug (``triggerer.py``

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from airflow_sm_callback.testing import CallbackEmulator, EmulatorError
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.emulator]
 
 NO_RETRY = Config(retries={"mode": "standard", "total_max_attempts": 1})
 

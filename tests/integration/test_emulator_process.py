@@ -21,7 +21,7 @@ from airflow_sm_callback.testing import CallbackEmulator, EmulatorError
 
 # ``sagemaker_callback_emulator`` and ``callback_queue`` come from
 # ``airflow_sm_callback.testing.pytest_plugin``, which tests/conftest.py registers.
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.emulator]
 
 DEFINITION = {
     "Version": "2020-12-01",

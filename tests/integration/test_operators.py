@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
 
+from airflow_sm_callback._airflow import AirflowException
 from airflow_sm_callback.notifications.callback import SageMakerCallbackFailureNotifier
 from airflow_sm_callback.operators.callback import (
     SageMakerCallbackFailureOperator,

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from airflow.providers.common.compat.sdk import AirflowSkipException
 
+from airflow_sm_callback._airflow import AirflowSkipException
 from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 from airflow_sm_callback.sensors.callback import SageMakerCallbackSensor
 from airflow_sm_callback.testing import CallbackEmulator

@@ -13,7 +13,6 @@ import string
 from typing import Any
 
 import pytest
-from airflow.sdk._shared.secrets_masker import SecretsMasker
 
 from airflow_sm_callback import _airflow
 from airflow_sm_callback._airflow import register_tokens
@@ -34,15 +33,18 @@ def token() -> str:
     return "".join(random.choices(string.ascii_letters + string.digits, k=10))
 
 
+SecretsMasker = _airflow.masker_class()
+
+
 @pytest.fixture
-def masker(monkeypatch: pytest.MonkeyPatch) -> SecretsMasker:
+def masker(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A fresh masker in place of the process's."""
     fresh = SecretsMasker()
-    monkeypatch.setattr("airflow.sdk._shared.secrets_masker._secrets_masker", lambda: fresh)
+    monkeypatch.setattr(_airflow.masker_module(), "_secrets_masker", lambda: fresh)
     return fresh
 
 
-def test_register_tokens_masks_like_add_mask(masker: SecretsMasker) -> None:
+def test_register_tokens_masks_like_add_mask(masker: Any) -> None:
     masker.add_mask("already-known-secret")
     tokens = [token() for _ in range(50)] + ["airflow", "", "abc", "already-known-secret"]
     register_tokens(tokens)
@@ -66,13 +68,13 @@ def test_register_tokens_falls_back_for_another_masker(monkeypatch: pytest.Monke
             self.masked.append(secret)
 
     other = OtherMasker()
-    monkeypatch.setattr("airflow.sdk._shared.secrets_masker._secrets_masker", lambda: other)
+    monkeypatch.setattr(_airflow.masker_module(), "_secrets_masker", lambda: other)
     register_tokens(["Ab3dE6gH9k", "Zz9yX8wV7u"])
     assert other.masked == ["Ab3dE6gH9k", "Zz9yX8wV7u"]
 
 
 async def test_claims_of_one_turn_share_one_registration(
-    masker: SecretsMasker, monkeypatch: pytest.MonkeyPatch
+    masker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[list[str]] = []
 
@@ -128,7 +130,7 @@ def trigger_for(queue_url: str, arn: str, **kwargs: Any) -> SageMakerCallbackTri
 
 
 async def test_burst_on_a_shared_stream_reaches_every_trigger_once(
-    emulator: CallbackEmulator, callback_queue: str, aws_conn: str, masker: SecretsMasker
+    harness_mode: str, emulator: CallbackEmulator, callback_queue: str, aws_conn: str, masker: Any
 ) -> None:
     # More than one receive's worth, sent while the triggers wait: the producer drains the burst
     # with receives at once, beside the broadcasts; every message stays hidden once persisted,

@@ -23,7 +23,7 @@ from airflow_sm_callback.testing import CallbackEmulator
 from airflow_sm_callback.testing._lock import MOTO_LOCK
 from airflow_sm_callback.testing._moto import FastScanQueue, fast_scans
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.emulator]
 
 
 def backend() -> Any:

@@ -1,11 +1,16 @@
 """
 ``make reliability``: every reliability scenario at full size, with the table they produce.
 
-Runs against the local emulator and real Airflow processes: one stack on SQLite with one
-triggerer (triggerer killed, worker dies, AWS errors, duplicates), then one on PostgreSQL
-(Debian's package, started by ``scripts/postgres.sh``) with two triggerers sharing the load, and
-the 200-run load. Writes ``docs/reliability.md`` and ``tests/reliability/results/latest.json``
-and exits non-zero if any callback was lost or closed twice.
+Runs against the local emulator and real Airflow processes. With the LocalExecutor (default):
+one stack on SQLite with one triggerer (triggerer killed, worker dies, AWS errors, duplicates),
+then one on PostgreSQL (Debian's package, ``scripts/postgres.sh``) with two triggerers sharing
+the load, and the 200-run load. With ``--executor celery``: PostgreSQL, a Redis broker
+(``scripts/redis.sh``) and two Celery workers: triggerer killed, a worker killed mid-hand-off,
+two triggerers, the 200-run load. ``--only hold`` runs the 200-run load alone, with
+``--resume-hold``. Each row names the Airflow version and executor it ran on; a run with
+``--only`` replaces its own rows and keeps the others. Writes ``docs/reliability.md`` and
+``tests/reliability/results/latest.json`` and exits non-zero if any callback was lost or closed
+twice.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.reliability import scenarios
 from tests.reliability.scenarios import Outcome
-from tests.system.stack import ROOT, AirflowStack, postgres
+from tests.system.stack import ROOT, AirflowStack, postgres, redis
 
 RESULTS = ROOT / "tests" / "reliability" / "results"
 DOC = ROOT / "docs" / "reliability.md"
@@ -33,21 +38,33 @@ DOC = ROOT / "docs" / "reliability.md"
 
 @contextmanager
 def stack_on(
-    emulator: CallbackEmulator, *, database: str | None = None, triggerers: int = 1
+    emulator: CallbackEmulator,
+    *,
+    database: str | None = None,
+    triggerers: int = 1,
+    broker_url: str | None = None,
+    resume_hold: float | None = None,
 ) -> Iterator[AirflowStack]:
     dags = Path(tempfile.mkdtemp(prefix="reliability-dags-"))
     for source in sorted((ROOT / "tests" / "dags").glob("*.py")):
         (dags / source.name).symlink_to(source)
+    settings = {
+        "core__max_active_runs_per_dag": "256",
+        "core__parallelism": "64",
+        "scheduler__max_tis_per_query": "256",
+        "triggerer__capacity": "1000",
+        # A killed worker's tasks are found (their heartbeats stopped) in a minute, not five.
+        "scheduler__task_instance_heartbeat_timeout": "60",
+    }
+    if resume_hold is not None:
+        settings["sagemaker_callback__resume_hold"] = str(resume_hold)
     stack = AirflowStack(
         dags_folder=dags,
         extra_env={**emulator.aws_env(), **emulator.airflow_connection()},
-        settings={
-            "core__max_active_runs_per_dag": "256",
-            "core__parallelism": "64",
-            "scheduler__max_tis_per_query": "256",
-            "triggerer__capacity": "1000",
-        },
+        settings=settings,
         sql_alchemy_conn=database,
+        executor="CeleryExecutor" if broker_url else "LocalExecutor",
+        broker_url=broker_url,
     )
     stack.start()
     for index in range(1, triggerers):
@@ -58,23 +75,77 @@ def stack_on(
         stack.stop()
 
 
-#: Scenario groups ``--only`` selects: those on SQLite with one triggerer, those on PostgreSQL.
-GROUPS = ("triggerer", "worker", "aws", "duplicates", "restarted", "postgres")
+#: Scenario groups ``--only`` selects: with the LocalExecutor those on SQLite with one triggerer
+#: and those on PostgreSQL; with the CeleryExecutor, "celery" (all of its); either, "hold" (the
+#: 200-run load alone).
+GROUPS = ("triggerer", "worker", "aws", "duplicates", "restarted", "postgres", "celery", "hold")
+LOCAL_GROUPS = {"triggerer", "worker", "aws", "duplicates", "restarted"}
 
 
-def run(quick: bool, only: set[str]) -> list[Outcome]:
+def airflow_version() -> str:
+    from airflow import __version__
+
+    return __version__
+
+
+def run(quick: bool, only: set[str], executor: str, resume_hold: float | None) -> list[Outcome]:
     size = 4 if quick else 20
     outcomes: list[Outcome] = []
+    from airflow_sm_callback.utils.settings import default_resume_hold
+
+    hold = (
+        f"{resume_hold:g} s"
+        if resume_hold is not None
+        else f"default ({default_resume_hold(executor={'local': 'LocalExecutor', 'celery': 'CeleryExecutor'}[executor]):g} s)"
+    )
 
     def record(make: Callable[[], Outcome]) -> None:
         outcome = make()
+        outcome.airflow, outcome.executor, outcome.resume_hold = airflow_version(), executor, hold
         outcomes.append(outcome)
         print(json.dumps(outcome.as_dict()), flush=True)
 
     with CallbackEmulator() as emulator:
         os.environ.update(emulator.aws_env())
-        if only - {"postgres"}:
-            with stack_on(emulator) as stack:
+        if executor == "celery":
+            with (
+                postgres() as url,
+                redis() as broker,
+                stack_on(
+                    emulator, database=url, triggerers=2, broker_url=broker, resume_hold=resume_hold
+                ) as stack,
+            ):
+                if "celery" in only:
+                    record(lambda: scenarios.triggerer_killed(emulator, stack, size))
+                    record(lambda: scenarios.worker_killed(emulator, stack, max(2, size // 2)))
+                    record(
+                        lambda: scenarios.load(
+                            emulator, stack, 10 if quick else 50, name="two triggerers (PostgreSQL)"
+                        )
+                    )
+                if only & {"celery", "hold"}:
+                    record(
+                        lambda: scenarios.load(
+                            emulator,
+                            stack,
+                            20 if quick else 200,
+                            name=f"load, {20 if quick else 200} runs",
+                        )
+                    )
+            return outcomes
+        if "hold" in only:
+            with (
+                postgres() as url,
+                stack_on(emulator, database=url, triggerers=2, resume_hold=resume_hold) as stack,
+            ):
+                record(
+                    lambda: scenarios.load(
+                        emulator, stack, 20 if quick else 200, name=f"load, {20 if quick else 200} runs"
+                    )
+                )
+            return outcomes
+        if only & LOCAL_GROUPS:
+            with stack_on(emulator, resume_hold=resume_hold) as stack:
                 if "triggerer" in only:
                     record(lambda: scenarios.triggerer_killed(emulator, stack, size))
                     record(lambda: scenarios.triggerer_killed(emulator, stack, size, mid_flight=True))
@@ -88,7 +159,10 @@ def run(quick: bool, only: set[str]) -> list[Outcome]:
                     record(lambda: scenarios.restarted(emulator, stack, size))
         if "postgres" not in only:
             return outcomes
-        with postgres() as url, stack_on(emulator, database=url, triggerers=2) as stack:
+        with (
+            postgres() as url,
+            stack_on(emulator, database=url, triggerers=2, resume_hold=resume_hold) as stack,
+        ):
             record(
                 lambda: scenarios.load(
                     emulator, stack, 10 if quick else 50, name="two triggerers (PostgreSQL)"
@@ -117,17 +191,19 @@ def write(outcomes: list[Outcome], started: float) -> None:
         json.dumps({"machine": machine, "outcomes": [o.as_dict() for o in outcomes]}, indent=2) + "\n"
     )
     rows = [
-        "| scenario | injected | callbacks | delivered | lost | closed twice | recovery (s) "
-        "| stale messages left, deleted by the next receive | tasks that failed to start (restarted by Airflow) "
-        "| hand-offs taken again | sensors retried | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | Airflow | executor | resume hold | injected | callbacks | delivered | lost | closed twice "
+        "| recovery (s) | stale messages left, deleted by the next receive "
+        "| tasks that failed to start (restarted by Airflow) | hand-offs taken again | sensors retried "
+        "| resumes failed by the scheduler's race | notes |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for o in outcomes:
         notes = "; ".join(o.notes) or ""
         rows.append(
-            f"| {o.scenario} | {o.injected} | {o.callbacks} | {o.delivered} | {o.lost} | {o.closed_twice} "
+            f"| {o.scenario} | {o.airflow} | {o.executor} | {o.resume_hold} | {o.injected} | {o.callbacks} "
+            f"| {o.delivered} | {o.lost} | {o.closed_twice} "
             f"| {o.recovery_seconds if o.recovery_seconds is not None else ''} | {o.stale_swept} "
-            f"| {o.startup_failures} | {o.taken_again} | {o.retried} | {notes} |"
+            f"| {o.startup_failures} | {o.taken_again} | {o.retried} | {'' if o.resume_races is None else o.resume_races} | {notes} |"
         )
     table = "\n".join(rows)
     text = DOC.read_text() if DOC.exists() else ""
@@ -146,6 +222,10 @@ def write(outcomes: list[Outcome], started: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, short faults")
+    parser.add_argument("--executor", choices=["local", "celery"], default="local", help="the executor")
+    parser.add_argument(
+        "--resume-hold", type=float, help="[sagemaker_callback] resume_hold for the sensors (default: theirs)"
+    )
     parser.add_argument(
         "--only",
         nargs="+",
@@ -154,13 +234,22 @@ def main() -> int:
     )
     args = parser.parse_args()
     started = time.monotonic()
-    outcomes = run(args.quick, set(args.only or GROUPS))
-    if args.only and (RESULTS / "latest.json").exists():
-        fresh = {o.scenario for o in outcomes}
+    default = {"local": set(GROUPS) - {"celery", "hold"}, "celery": {"celery"}}[args.executor]
+    outcomes = run(args.quick, set(args.only or default), args.executor, args.resume_hold)
+    if (RESULTS / "latest.json").exists() and (args.only or args.executor != "local"):
+
+        def key(row: dict[str, object]) -> tuple[object, ...]:
+            return (
+                row["scenario"],
+                row.get("airflow", ""),
+                row.get("executor", ""),
+                row.get("resume_hold", ""),
+            )
+
+        fresh = {key(o.as_dict()) for o in outcomes}
         rows = json.loads((RESULTS / "latest.json").read_text())["outcomes"]
-        kept = [Outcome(**row) for row in rows if row["scenario"] not in fresh]
-        order = {row["scenario"]: i for i, row in enumerate(rows)}
-        outcomes = sorted(kept + outcomes, key=lambda o: order.get(o.scenario, len(order)))
+        kept = [Outcome(**row) for row in rows if key(row) not in fresh]
+        outcomes = kept + outcomes
     write(outcomes, started)
     bad = [o for o in outcomes if o.lost or o.closed_twice or o.delivered != o.callbacks]
     print(f"\n{len(outcomes)} scenarios, {len(bad)} with a lost or twice-closed callback; see {DOC}")

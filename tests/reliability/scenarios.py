@@ -68,6 +68,14 @@ class Outcome:
     retried: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: Where it ran: the Airflow version, the executor, the resume hold the sensors used.
+    airflow: str = ""
+    executor: str = ""
+    resume_hold: str = ""
+    #: Resumed tasks the scheduler failed because it learnt of the deferring process's end only
+    #: after the resume ("... finished with state success, but the task instance's state
+    #: attribute is running"): the race the resume hold works around.
+    resume_races: int | None = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -308,6 +316,7 @@ def _waiting_then_answered(
         batch = Batch(stack, emulator, dag_id, emulator.create_queue(unique("rel")))
         emulator.reset()
         before = restart_marks(stack)
+        races = resume_races(stack)
         batch.trigger(outcome.callbacks)
         batch.wait_until_waiting(within=within)
         sent = batch.answer(duplicate=duplicate)
@@ -315,7 +324,50 @@ def _waiting_then_answered(
         after = restart_marks(stack)
         outcome.startup_failures = after[0] - before[0]
         outcome.taken_again = after[1] - before[1]
+        outcome.resume_races = resume_races(stack) - races
         return outcome
+
+    return _timed(run, outcome)
+
+
+#: What the scheduler logs when it fails a task instance that resumed before it saw the
+#: deferring process's end (Airflow 3.0.6 to 3.3.2: ``_process_executor_events``).
+RACE_MARK = "but the task instance's state attribute is"
+
+
+def resume_races(stack: AirflowStack) -> int:
+    """How often, so far, the scheduler failed a resumed task instance in the resume race."""
+    path = stack.log_path("scheduler")
+    return path.read_text(errors="replace").count(RACE_MARK) if path.exists() else 0
+
+
+def worker_killed(emulator: CallbackEmulator, stack: AirflowStack, n: int) -> Outcome:
+    """
+    CeleryExecutor: a worker is killed (SIGKILL, with its task processes) while the resumed
+    sensors run on it, mid-hand-off, and restarted 5 s later. Airflow finds the tasks whose
+    heartbeats stopped and retries them; each must still get its own callback.
+    """
+    outcome = Outcome("worker killed mid-hand-off", "SIGKILL a Celery worker while resumed sensors run", n)
+
+    def run(outcome: Outcome) -> Outcome:
+        batch = Batch(stack, emulator, "rel_deferrable", emulator.create_queue(unique("rel")))
+        emulator.reset()
+        batch.trigger(n)
+        batch.wait_until_waiting()
+        sent = batch.answer()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states = [
+                batch.stack.task_instances(batch.dag_id, run_id).get("wait", {}).get("state")
+                for run_id in batch.runs
+            ]
+            if any(s in ("queued", "running") for s in states):
+                break
+            time.sleep(0.5)
+        stack.kill("worker-1", signal.SIGKILL)
+        time.sleep(5)
+        stack.start_worker("worker-1")
+        return batch.settle(outcome, since=sent, within=1200)
 
     return _timed(run, outcome)
 

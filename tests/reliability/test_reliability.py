@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_sm_callback import _airflow
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.reliability import scenarios
 from tests.reliability.scenarios import Outcome
@@ -26,6 +27,14 @@ def test_triggerer_killed_and_restarted(
     assert_nothing_lost(scenarios.triggerer_killed(emulator, stack, 4, mid_flight=mid_flight))
 
 
+#: Airflow 3.0 fails a task whose process died, whatever its retries (apache/airflow#55753,
+#: fixed by #55767 in 3.1): the sensor gets no second try to take its callback.
+RETRIES_A_DEAD_TASK = pytest.mark.skipif(
+    not _airflow.AIRFLOW_V_3_1_PLUS, reason="Airflow 3.0 does not retry a task whose process died (#55753)"
+)
+
+
+@RETRIES_A_DEAD_TASK
 def test_worker_dies_before_the_hand_off(emulator: CallbackEmulator, stack: AirflowStack) -> None:
     assert_nothing_lost(scenarios.worker_dies(emulator, stack, 2))
 
@@ -46,3 +55,11 @@ def test_a_resumed_task_restarted_without_its_event(emulator: CallbackEmulator, 
     # One triggerer: each restarted task's new trigger took its hand-off from it at once.
     after = stack.logs().count("taken again: it was handed to this task before it restarted")
     assert after - before == 4
+
+
+@pytest.mark.celery
+@RETRIES_A_DEAD_TASK
+def test_a_celery_worker_killed_mid_hand_off(emulator: CallbackEmulator, celery_stack: AirflowStack) -> None:
+    # CeleryExecutor, as on Amazon MWAA: the worker running resumed sensors is killed; Airflow
+    # finds their stopped heartbeats and retries them, and each still gets its own callback.
+    assert_nothing_lost(scenarios.worker_killed(emulator, celery_stack, 4))

@@ -1,7 +1,9 @@
 """
 The real Airflow processes, as ``airflow standalone`` starts them: scheduler, triggerer, DAG
-processor and API server, with the LocalExecutor, in a throwaway AIRFLOW_HOME, talking to the
-emulator. Used by the system tests and the benchmarks.
+processor and API server, in a throwaway AIRFLOW_HOME, talking to the emulator; with the
+LocalExecutor, or the CeleryExecutor and its workers (a Redis broker from Debian's package,
+``scripts/redis.sh``, and PostgreSQL). Used by the system tests, the reliability runs and the
+benchmarks.
 """
 
 from __future__ import annotations
@@ -51,6 +53,20 @@ def postgres(port: int = 55433) -> Iterator[str]:
         subprocess.run([str(script), "stop", str(directory / "pg")], check=False, capture_output=True)
 
 
+@contextmanager
+def redis(port: int = 56380) -> Iterator[str]:
+    """A throwaway Redis server (``scripts/redis.sh``, Debian's package): the Celery broker's URL."""
+    directory = Path(tempfile.mkdtemp(prefix="airflow-redis-"))
+    script = ROOT / "scripts" / "redis.sh"
+    url = subprocess.run(
+        [str(script), "start", str(directory), str(port)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        yield url
+    finally:
+        subprocess.run([str(script), "stop", str(directory)], check=False, capture_output=True)
+
+
 @dataclass
 class AirflowStack:
     """
@@ -60,12 +76,19 @@ class AirflowStack:
     :param extra_env: more environment (an ``AIRFLOW_CONN_*`` for the emulator, settings).
     :param settings: Airflow settings as ``{"section__key": value}``.
     :param sql_alchemy_conn: the metadata database (SQLite in the home by default).
+    :param executor: ``LocalExecutor`` or ``CeleryExecutor`` (which needs ``broker_url`` and a
+        PostgreSQL ``sql_alchemy_conn``, its result backend).
+    :param celery_workers: Celery workers started with the stack, ``worker-1`` ...
     """
 
     dags_folder: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)
     sql_alchemy_conn: str | None = None
+    executor: str = "LocalExecutor"
+    broker_url: str | None = None
+    celery_workers: int = 2
+    worker_concurrency: int = 16
     home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="airflow-stack-")))
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -82,7 +105,7 @@ class AirflowStack:
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": self.executor,
                 "AIRFLOW__CORE__AUTH_MANAGER": (
                     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
                 ),
@@ -102,6 +125,12 @@ class AirflowStack:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = (
             self.sql_alchemy_conn or f"sqlite:///{self.home / 'airflow.db'}?timeout=60"
         )
+        if self.executor == "CeleryExecutor":
+            if not self.broker_url or not self.sql_alchemy_conn:
+                raise ValueError("the CeleryExecutor needs a broker_url and a PostgreSQL sql_alchemy_conn")
+            env["AIRFLOW__CELERY__BROKER_URL"] = self.broker_url
+            env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + self.sql_alchemy_conn
+            env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(self.worker_concurrency)
         for key, value in self.settings.items():
             env[f"AIRFLOW__{key.upper()}"] = str(value)
         env.update(self.extra_env)
@@ -128,15 +157,22 @@ class AirflowStack:
             (self.home / ".migrated").touch()
         for component in components:
             self.start_component(component)
+        if self.executor == "CeleryExecutor":
+            for i in range(1, self.celery_workers + 1):
+                self.start_worker(f"worker-{i}")
         self.wait_for_api()
         return self
 
-    def start_component(self, component: str, name: str | None = None) -> None:
+    def start_worker(self, name: str) -> None:
+        """Start one Celery worker (``airflow celery worker``) called ``name``."""
+        self.start_component("celery worker", name, ["--celery-hostname", f"{name}@%h"])
+
+    def start_component(self, component: str, name: str | None = None, args: list[str] | None = None) -> None:
         """Start one component (``name`` lets two of the same kind run, e.g. two triggerers)."""
         name = name or component
         out = self.log_path(name).open("ab")
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "airflow", component],
+            [sys.executable, "-m", "airflow", *component.split(), *(args or [])],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from airflow_sm_callback import _airflow
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.fixtures import EVENTS_PIPELINE, callback_definition, unique
-from tests.system.airflow_run import DagRunResult, airflow_env, dags_test
+from tests.system.airflow_run import DagRunResult, airflow_env, dags_test, token_scan_text
 from tests.system.stack import ROOT, AirflowStack
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -72,7 +73,7 @@ def assert_no_tokens(result: DagRunResult, emulator: CallbackEmulator, arn: str)
     for step in emulator.list_steps(arn):
         token = step.get("Metadata", {}).get("Callback", {}).get("CallbackToken")
         if token:
-            assert token not in result.output
+            assert token not in token_scan_text(result.output)
             assert token not in rendered
 
 
@@ -186,7 +187,10 @@ def test_failures_close_the_step_as_failed(emulator: CallbackEmulator, ops: dict
         reasons[arn] = step["FailureReason"]
     assert reasons[arns[0]].startswith("Airflow tasks failed: bad_close (DAG ops_failures")
     assert reasons[arns[1]] == "Airflow task ops_failures.broken failed: warehouse job exploded"
-    assert reasons[arns[2]] == "Airflow task ops_failures.notified failed: spark job failed"
+    # `airflow dags test` passes the exception to failure callbacks from Airflow 3.3 (its
+    # in-process supervisor left context["exception"] unset before); a real task runner always does.
+    said = "spark job failed" if _airflow.AIRFLOW_V_3_3_PLUS else "no exception given"
+    assert reasons[arns[2]] == f"Airflow task ops_failures.notified failed: {said}"
     assert emulator.queue_messages(ops["queue_url"]) == []
 
 
@@ -195,10 +199,12 @@ def test_example_events_each_callback_handled_once(
     emulator: CallbackEmulator, events_queue: str, stack: AirflowStack
 ) -> None:
     stack.wait_for_dag("example_sagemaker_callback_events")
-    # Runs from before this test (the shared stack also serves fault-injection tests) are not its.
+    # Runs that ended before this test (the shared stack also serves fault-injection tests) are
+    # not its; one still queued or running (the periodic sweep's) may take its callbacks.
     earlier = {
         r["dag_run_id"]
         for r in stack.request("GET", "dags/example_sagemaker_callback_events/dagRuns")["dag_runs"]
+        if r["state"] in ("success", "failed")
     }
     emulator.reset()
     emulator.create_pipeline(EVENTS_PIPELINE, EVENTS_DEFINITION)
@@ -242,8 +248,16 @@ def test_example_events_each_callback_handled_once(
         )["task_instances"]
     ]
     assert handled.count("success") >= len(records), handled
-    assert emulator.queue_messages(events_queue) == []
+    left = emulator.queue_messages(events_queue)
+    if _airflow.AIRFLOW_V_3_3_PLUS:
+        assert left == []
+    else:
+        # Below 3.3 Airflow confirms no asset event's persist: the watcher's messages stay hidden
+        # for its handoff_visibility and are deleted when they come back (the integration test
+        # test_a_watcher_s_messages_are_deleted_only_once_its_asset_event_is_durable).
+        assert len(left) == len(records), left
+        assert all(m.get("InFlight") for m in left), left
     logs = stack.logs()
     for arn in arns.values():
         token = emulator.step(arn, "EnrichRecord")["Metadata"]["Callback"]["CallbackToken"]
-        assert token not in logs
+        assert token not in token_scan_text(logs)

@@ -528,8 +528,7 @@ def test_callback_steps_in_sdk_definition() -> None:
 
 
 def test_tokens_in_rendered_fields_are_found() -> None:
-    from airflow.sdk._shared.secrets_masker.secrets_masker import redact
-
+    from airflow_sm_callback._airflow import redact
     from airflow_sm_callback.utils.masking import mask_tokens_in
 
     mask_tokens_in(
