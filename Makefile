@@ -71,14 +71,24 @@ pytest-middle: $(MIDDLE_STAMPS)
 emulator: $(STAMP)
 	$(BIN)/python -m airflow_sm_callback.testing
 
-# Performance figures (not part of `make test`): see docs/performance.md. PAIR=<pair> runs them
-# on another tested pair (its rows join the same tables).
+# Performance figures (not part of `make test`): see docs/performance.md. The trigger-level
+# scenarios of this project's trigger run on the newest pair and on the floor (Airflow's shared
+# streams, and the provider's own shared poll below 3.3), into the same tables; the comparison
+# with the amazon provider's trigger, the masking table and the end-to-end runs on the newest.
+BENCH_PAIRS ?= $(NEWEST) $(FLOOR)
+
+bench: $(foreach pair,$(BENCH_PAIRS),$(call venv,$(pair))/.installed)
+	@set -e; for pair in $(BENCH_PAIRS); do \
+		venv=$$( [ "$$pair" = "$(NEWEST)" ] && echo $(VENV) || echo .venv-$$pair ); \
+		extra=$$( [ "$$pair" = "$(NEWEST)" ] || echo "--kinds ours --skip-e2e --skip-masking" ); \
+		echo "== Airflow and amazon $$pair"; \
+		$$venv/bin/python -m pip install --quiet -c constraints/$$pair.txt -e ".[bench]"; \
+		$$venv/bin/python -m bench $$extra $(BENCH_ARGS); \
+	done
+
+# Reliability on another tested pair: PAIR=<pair> (the newest by default).
 PAIR ?= $(NEWEST)
 PAIR_VENV := $(call venv,$(PAIR))
-
-bench: $(PAIR_VENV)/.installed
-	$(PAIR_VENV)/bin/python -m pip install --quiet -c constraints/$(PAIR).txt -e ".[bench]"
-	$(PAIR_VENV)/bin/python -m bench $(BENCH_ARGS)
 
 # Faults, bad input and load against real Airflow processes (not part of `make test`, which runs
 # a fast subset): writes docs/reliability.md. Starts PostgreSQL and Redis from Debian's packages.

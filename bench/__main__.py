@@ -144,12 +144,18 @@ def main(argv: list[str] | None = None) -> int:
             }
             all_figures = earlier["trigger_level"]["figures"]
     version = airflow_version()
+    this_run = {k: payload[k] for k in ("command", "started_at", "machine")}
     if not args.skip_trigger:
+        runs: dict[str, Any] = {}
         if previous.exists():
-            # The other Airflow versions' figures stay beside this run's (the same tables).
-            earlier = json.loads(previous.read_text()).get("trigger_level") or {}
+            # The other Airflow versions' figures stay beside this run's (the same tables), each
+            # with the run that measured it.
+            before = json.loads(previous.read_text())
+            earlier = before.get("trigger_level") or {}
             kept = [f for f in earlier.get("figures", []) if f.get("airflow", "") not in ("", version)]
             all_figures = kept
+            runs = {v: r for v, r in (earlier.get("runs") or {}).items() if v != version}
+        runs[version] = this_run
         baselines: dict[tuple[str, str], int] = {}
         for scenario in scenarios(args):
             print(f"[{time.monotonic() - began:7.0f} s] {scenario.name} ...", flush=True)
@@ -166,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
                 else f"ReceiveMessage/min {figure['receive_per_minute']:.1f}"
             )
             print(f"          {summary}, peak RSS {figure['peak_rss_mb']:.0f} MB", flush=True)
-        payload["trigger_level"] = {"figures": all_figures, "targets": evaluate(all_figures), "raw": raw}
+        payload["trigger_level"] = {
+            "figures": all_figures,
+            "targets": evaluate(all_figures),
+            "runs": runs,
+            "raw": raw,
+        }
         write_json(out / "latest.json", payload)
         newest = versions(all_figures)[0]
         plot([f for f in all_figures if f.get("airflow", "") == newest], out / "latency.png")
@@ -184,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         payload["end_to_end"] = run_e2e(
             logs, args.e2e_runs, args.e2e_time_limit, rounds=1 if args.quick else ROUNDS
         )
+        payload["end_to_end"]["run"] = this_run
+    elif previous.exists() and "end_to_end" in json.loads(previous.read_text()):
+        # Kept, with the run that measured it, beside the new figures.
+        payload["end_to_end"] = json.loads(previous.read_text())["end_to_end"]
     payload["load_average_at_end"] = load_average()
     payload["duration_s"] = time.monotonic() - began
     write_json(out / "latest.json", payload)

@@ -323,6 +323,12 @@ def write_doc(path: Path, payload: dict[str, Any]) -> None:
             f"_The trigger-level figures are those of `{earlier['command']}` started at "
             f"{earlier['started_at']}, {_machine_of(earlier.get('machine'))}._"
         )
+    for airflow, run in sorted((trigger_level or {}).get("runs", {}).items(), reverse=True):
+        packages = ", ".join(f"{k} {v}" for k, v in (run.get("machine") or {}).get("packages", {}).items())
+        parts.append(
+            f"_Trigger-level figures on Airflow {airflow}: `{run['command']}` started at "
+            f"{run['started_at']}, {_machine_of(run.get('machine'))}; {packages}._"
+        )
     if trigger_level:
         parts += [
             "### Targets (this project's trigger)",
@@ -347,8 +353,16 @@ def write_doc(path: Path, payload: dict[str, Any]) -> None:
     e2e = payload.get("end_to_end")
     if e2e:
         settings = ", ".join(f"`{k.replace('__', '.', 1)} = {v}`" for k, v in e2e["settings"].items())
+        run = e2e.get("run")
         parts += [
             "### End to end",
+            *(
+                [
+                    f"_Measured by `{run['command']}` started at {run['started_at']}, {_machine_of(run.get('machine'))}._"
+                ]
+                if run
+                else []
+            ),
             f"{e2e['runs']} concurrent DAG runs per DAG and round; latency from the callback sent "
             "(for `DateTimeSensorAsync`, from its target time) to the sensor task's end. After a "
             f"warm-up round of {e2e.get('warm_up_runs', 0)} runs, the rounds of Airflow alone and "
