@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from airflow_sm_callback import _airflow
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.reliability import scenarios
 from tests.reliability.scenarios import Outcome
@@ -82,6 +83,12 @@ GROUPS = ("triggerer", "worker", "aws", "duplicates", "restarted", "postgres", "
 LOCAL_GROUPS = {"triggerer", "worker", "aws", "duplicates", "restarted"}
 
 
+#: Airflow 3.0 fails a task whose process died, whatever its retries (apache/airflow#55753, fixed
+#: in 3.1): the scenarios that kill a worker under a running sensor do not apply there (README,
+#: "Compatibility").
+RETRIES_A_DEAD_TASK = _airflow.AIRFLOW_V_3_1_PLUS
+
+
 def airflow_version() -> str:
     from airflow import __version__
 
@@ -117,7 +124,8 @@ def run(quick: bool, only: set[str], executor: str, resume_hold: float | None) -
             ):
                 if "celery" in only:
                     record(lambda: scenarios.triggerer_killed(emulator, stack, size))
-                    record(lambda: scenarios.worker_killed(emulator, stack, max(2, size // 2)))
+                    if RETRIES_A_DEAD_TASK:
+                        record(lambda: scenarios.worker_killed(emulator, stack, max(2, size // 2)))
                     record(
                         lambda: scenarios.load(
                             emulator, stack, 10 if quick else 50, name="two triggerers (PostgreSQL)"
@@ -149,7 +157,7 @@ def run(quick: bool, only: set[str], executor: str, resume_hold: float | None) -
                 if "triggerer" in only:
                     record(lambda: scenarios.triggerer_killed(emulator, stack, size))
                     record(lambda: scenarios.triggerer_killed(emulator, stack, size, mid_flight=True))
-                if "worker" in only:
+                if "worker" in only and RETRIES_A_DEAD_TASK:
                     record(lambda: scenarios.worker_dies(emulator, stack, max(2, size // 4)))
                 if "aws" in only:
                     record(lambda: scenarios.aws_errors(emulator, stack, size, seconds=15 if quick else 60))
