@@ -33,6 +33,8 @@ from bench.report import (
     write_doc,
     write_json,
 )
+from bench.scale_out import ScaleScenario, run_scale, scale_figures
+from bench.scale_report import scale_plot, scale_table, scale_targets, scale_targets_table
 from bench.trigger_level import KINDS, Scenario, figures, run_scenario
 
 #: Seconds between an event and its persist confirmation (the metadata database write and the
@@ -62,8 +64,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-idle", action="store_true", help="skip the idle scenarios")
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end scenarios")
     parser.add_argument("--skip-masking", action="store_true", help="skip the token masking measurement")
+    parser.add_argument("--skip-scale-out", action="store_true", help="skip the several-triggerer scenarios")
     parser.add_argument(
-        "--only", choices=["masking"], help="run one section alone (its figures printed, nothing written)"
+        "--triggerers", nargs="+", type=int, help="k of the several-triggerer scenarios (default 1 2 4 8)"
+    )
+    parser.add_argument("--scale-n", type=int, help="waits spread over the k triggerers (default 1000)")
+    parser.add_argument(
+        "--only",
+        choices=["masking", "scale-out"],
+        help="run one section alone (masking: printed only; scale-out: kept beside the other figures)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
     parser.add_argument(
@@ -85,7 +94,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.time_limit = args.time_limit or (20.0 if quick else 240.0)
     args.e2e_runs = args.e2e_runs or (3 if quick else 50)
     args.e2e_time_limit = args.e2e_time_limit or (60.0 if quick else 300.0)
+    args.triggerers = args.triggerers or ([1, 2] if quick else [1, 2, 4, 8])
+    args.scale_n = args.scale_n or (40 if quick else 1000)
+    if args.only == "scale-out":
+        args.skip_trigger = args.skip_masking = args.skip_e2e = True
     return args
+
+
+def run_scale_out(
+    args: argparse.Namespace, logs: Path, began: float, this_run: dict[str, Any]
+) -> dict[str, Any]:
+    """The several-triggerer scenarios, side by side: for each k, the burst, the noise, the idle."""
+    figures: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    time_limit = args.time_limit
+    idle_seconds = min(args.idle_seconds, 180.0)
+    window = (20.0, 50.0) if args.quick else (60.0, 180.0)
+    for mode in ("burst", "noise", "idle"):
+        if mode == "idle" and args.skip_idle:
+            continue
+        for k in args.triggerers:
+            scenario = ScaleScenario(
+                k, mode, args.scale_n, time_limit=time_limit, idle_seconds=idle_seconds, noise_window=window
+            )
+            print(f"[{time.monotonic() - began:7.0f} s] {scenario.name} ...", flush=True)
+            result = run_scale(scenario, logs, args.persist_delay)
+            raw.append({k: v for k, v in result.items() if k not in ("sent", "fired")})
+            figure = scale_figures(result)
+            figure["airflow"] = airflow_version()
+            figures.append(figure)
+            if mode == "idle":
+                print(
+                    f"          ReceiveMessage/min/triggerer {figure['receive_per_minute_per_triggerer']:.2f}"
+                )
+            else:
+                print(
+                    f"          fired {figure['fired']}/{figure['n']}, p50 {figure['latency_p50_s']}, "
+                    f"p99 {figure['latency_p99_s']}, {figure['sqs_requests_per_callback']} SQS req./callback",
+                    flush=True,
+                )
+    return {"figures": figures, "targets": scale_targets(figures), "run": this_run, "raw": raw}
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -188,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         payload["masking"] = run_masking(100 if args.quick else 1000)
     elif previous.exists() and "masking" in json.loads(previous.read_text()):
         payload["masking"] = json.loads(previous.read_text())["masking"]
+    if not args.skip_scale_out:
+        payload["scale_out"] = run_scale_out(args, logs, began, this_run)
+        write_json(out / "latest.json", payload)
+        scale_plot(payload["scale_out"]["figures"], out / "scale_out.png")
+    elif previous.exists() and "scale_out" in json.loads(previous.read_text()):
+        payload["scale_out"] = json.loads(previous.read_text())["scale_out"]
     if not args.skip_e2e:
         from bench.e2e import ROUNDS, run_e2e
 
@@ -213,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\nMasking callback tokens\n")
         print(masking_table(payload["masking"]))
+    if "scale_out" in payload:
+        print("\nSeveral triggerers on one queue\n")
+        print(scale_table(payload["scale_out"]["figures"]))
+        print()
+        print(scale_targets_table(payload["scale_out"]["targets"]))
     if "end_to_end" in payload:
         print("\nEnd to end (latency from callback sent to sensor task succeeded)\n")
         print(e2e_table(payload["end_to_end"]))

@@ -350,6 +350,23 @@ def write_doc(path: Path, payload: dict[str, Any]) -> None:
             "registration (`_airflow.register_tokens`), which the shared stream uses.",
             masking_table(masking),
         ]
+    scale = payload.get("scale_out")
+    if scale:
+        from bench.scale_report import scale_table, scale_targets_table
+
+        run = scale.get("run") or {}
+        parts += [
+            "### Several triggerers on one queue",
+            f"_Measured by `{run.get('command')}` started at {run.get('started_at')}, "
+            f"{_machine_of(run.get('machine'))}._",
+            "Each triggerer is a waiting process of its own (Airflow's shared stream manager, each "
+            "event persisted after the stated delay); the N waits are spread over them round robin. "
+            "Latency from send to trigger event; requests counted by the emulator; the others' "
+            "receives are counted from a minute after the send, once every triggerer has seen them.",
+            scale_targets_table(scale["targets"]),
+            scale_table(scale["figures"]),
+            "![latency against the number of triggerers](../bench/results/scale_out.png)",
+        ]
     e2e = payload.get("end_to_end")
     if e2e:
         settings = ", ".join(f"`{k.replace('__', '.', 1)} = {v}`" for k, v in e2e["settings"].items())

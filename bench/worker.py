@@ -152,6 +152,22 @@ async def run_ours(config: dict[str, Any], lag: LagMonitor) -> dict[str, Any]:
                 dag_id="bench", run_id=f"run-{i}", task_id="wait", map_index=-1
             )
             harness.add(i, trigger)
+        for j in range(config.get("sentinels", 0)):
+            # Waits whose callback never comes: they keep the shared poll running after the
+            # others fired, as a triggerer's other waits on the queue do.
+            sentinel = SageMakerCallbackTrigger(
+                queue_url=queue_url,
+                matcher=CallbackMatcher(
+                    pipeline_execution_arn=f"arn:aws:sagemaker:us-east-1:123456789012:pipeline/none/execution/s{j}"
+                ),
+                aws_conn_id="aws_default",
+                single_event=True,
+                deadline=time.time() + SENSOR_TIMEOUT,
+            )
+            sentinel.task_instance = SimpleNamespace(
+                dag_id="bench", run_id=f"sentinel-{j}", task_id="wait", map_index=-1
+            )
+            harness.add(len(arns) + j, sentinel)
         # The shared poll starts with the first subscriber; give its first long poll time to go out.
         await asyncio.sleep(1.0)
         await lag.settled()
@@ -177,6 +193,9 @@ async def run_ours(config: dict[str, Any], lag: LagMonitor) -> dict[str, Any]:
                     break
             with contextlib.suppress(TimeoutError):
                 await harness.wait_for_resumes(within=max(1.0, drain_until - time.monotonic()))
+            # Several triggerers: keep waiting (the shared poll running) until the others are done
+            # with what is left on the queue.
+            await asyncio.sleep(max(0.0, t0 + config.get("stay_after_go", 0.0) - time.time()))
         failures = {str(k): repr(v) for k, v in harness.failures.items()}
     return {"fired": fired, "failures": failures, "burst_cpu_s": burst_cpu}
 

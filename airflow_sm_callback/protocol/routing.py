@@ -24,6 +24,10 @@ not claimed otherwise                                     ``HAND_BACK`` with :fu
 malformed or foreign                                      ``HAND_BACK`` with backoff; never deleted
 ========================================================  ===========================================
 
+A hand-back is immediate while the message may still reach a waiter in another process: for as
+many receives as :func:`hot_receives` says for the number of pollers the caller estimates
+(:class:`PollerEstimate`, from the receive counts), then delayed more each time.
+
 A message that comes back unwanted a second time, whose step state is not fresh, asks for a step
 look-up (:attr:`Decision.lookup`): the standalone poll makes it at once (within a budget), the
 shared stream in the background for the message's next delivery.
@@ -31,8 +35,12 @@ shared stream in the background for the message's next delivery.
 
 from __future__ import annotations
 
+import math
+import time
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -47,6 +55,7 @@ __all__ = [
     "HandOffKnowledge",
     "Knowledge",
     "NoHandOffs",
+    "PollerEstimate",
     "Reason",
     "Sorted",
     "StepKnowledge",
@@ -55,23 +64,109 @@ __all__ = [
     "backoff_visibility",
     "decide",
     "decide_invalid",
+    "hot_receives",
     "sort",
     "visibility_changes",
     "wants",
 ]
 
 
-def backoff_visibility(receive_count: int, *, cap: int = 60) -> int:
+#: The chance, at most, that a message some waiter wants has not reached it when its hand-backs
+#: start to be delayed (see :func:`hot_receives`). Small, because :class:`PollerEstimate` reads
+#: low while callbacks are being claimed (the claimed ones stop being received).
+MISS_CHANCE: Final = 0.0001
+#: The most receives a message is handed back at once, however many pollers there seem to be.
+MAX_HOT_RECEIVES: Final = 100
+
+
+def hot_receives(pollers: float) -> int:
+    """
+    How many receives of a message nobody here wants are handed back at once.
+
+    With ``pollers`` processes receiving from the queue (each a triggerer's shared stream, or a
+    poke), a message lands on a random one each time: after ``r`` receives, the one whose waiter
+    wants it has not had it with chance ``(1 - 1/pollers) ** r``. So a message is handed back at
+    once until that chance is below :data:`MISS_CHANCE` (1 receive for one poller, 14 for two,
+    33 for four, 69 for eight); only then is nobody taken to want it (yet).
+    """
+    if pollers < 1.05:
+        return 1
+    return min(MAX_HOT_RECEIVES, math.ceil(math.log(MISS_CHANCE) / math.log(1.0 - 1.0 / pollers)))
+
+
+def backoff_visibility(
+    receive_count: int, *, pollers: float = 1.0, first_here: bool = False, cap: int = 60
+) -> int:
     """
     Visibility timeout for handing back a message nobody here wants.
 
-    The first hand-back is immediate (another waiter, perhaps in another process, may want it);
-    later ones grow with the receive count (1, 2, 4, ... seconds, at most ``cap``) so a message
-    that nobody wants yet does not cycle.
+    Immediate the first time this poller sees it (``first_here``) and for the first
+    :func:`hot_receives` receives (another waiter, perhaps in another process, may want it);
+    later hand-backs grow with the receive count (1, 2, 4, ... seconds, at most ``cap``) so a
+    message that nobody wants yet does not cycle. With one poller: at once, then 1, 2, 4 ...
     """
-    if receive_count <= 1:
+    hot = hot_receives(pollers)
+    if first_here or receive_count <= hot:
         return 0
-    return int(min(cap, 2 ** min(receive_count - 2, 16)))
+    return int(min(cap, 2 ** min(receive_count - hot - 1, 16)))
+
+
+class PollerEstimate:
+    """
+    How many processes receive from the queue, as one of them can tell from SQS's receive counts.
+
+    A message handed back at once is received next by any of the ``k`` pollers. So the receive
+    count at which this poller first sees a message, and the growth of its count between two
+    of this poller's receives when it handed it back at once in between, are ``k`` on average
+    (less while callbacks are claimed and leave the queue). The estimate is their mean, a moving
+    average after the first ``settle`` samples, so it follows triggerers that start and stop,
+    with no setting and no look at Airflow. It starts at 1 (what one poller alone sees: every
+    first sighting at count 1); messages sent before it started (a restarted triggerer finds
+    them received many times) are left out of the first sightings.
+    """
+
+    def __init__(self, weight: float = 0.05, settle: int = 20, remember: int = 20_000) -> None:
+        self.value = 1.0
+        self.samples = 0
+        self._weight = weight
+        self._settle = settle
+        self._remember = remember
+        self._since = time.time()
+        #: message id -> (receive count at its last receive here, handed back at once since,
+        #: receives here).
+        self._seen: OrderedDict[str, tuple[int, bool, int]] = OrderedDict()
+
+    def _sample(self, value: int) -> None:
+        value = min(value, MAX_HOT_RECEIVES)
+        self.samples += 1
+        if self.samples <= self._settle:
+            self.value += (value - self.value) / self.samples
+        else:
+            self.value += self._weight * (value - self.value)
+
+    def observe(self, message_id: str | None, receive_count: int, sent_at: datetime | None = None) -> None:
+        """A message was received here (before any decision on it)."""
+        if message_id is None:
+            return
+        prior = self._seen.pop(message_id, None)
+        if prior is None:
+            if sent_at is not None and sent_at.timestamp() >= self._since:
+                self._sample(receive_count)
+        elif prior[1] and receive_count > prior[0]:
+            self._sample(receive_count - prior[0])
+        self._seen[message_id] = (receive_count, False, 1 if prior is None else prior[2] + 1)
+        if len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+
+    def first_here(self, message_ids: Iterable[str]) -> bool:
+        """Whether the last receive of these messages was their first here."""
+        return all((seen := self._seen.get(message_id)) is None or seen[2] <= 1 for message_id in message_ids)
+
+    def handed_back_at_once(self, message_id: str | None) -> None:
+        """This poller handed a message back with no delay (its next receive here gives a gap)."""
+        seen = self._seen.get(message_id) if message_id is not None else None
+        if message_id is not None and seen is not None:
+            self._seen[message_id] = (seen[0], True, seen[2])
 
 
 class StepKnowledge(Protocol):
@@ -125,6 +220,11 @@ class Knowledge:
 
     steps: StepKnowledge
     handoffs: HandOffKnowledge = _NO_HAND_OFFS
+    #: How many processes receive from the queue (one, unless an estimate says otherwise).
+    pollers: PollerEstimate | None = None
+
+    def poller_count(self) -> float:
+        return 1.0 if self.pollers is None else self.pollers.value
 
     def step_closed(self, token: str) -> bool:
         return self.steps.step_closed(token)
@@ -334,17 +434,30 @@ def decide(delivery: Delivery, claim: Claim | None, knowledge: Knowledge, *, cle
         Verdict.HAND_BACK,
         Reason.UNWANTED,
         handles,
-        seconds=backoff_visibility(delivery.receive_count),
+        seconds=backoff_visibility(
+            delivery.receive_count,
+            pollers=knowledge.poller_count(),
+            first_here=knowledge.pollers is not None and knowledge.pollers.first_here(delivery.message_ids),
+        ),
         came_back=knowledge.handed_on(token),
         lookup=lookup,
     )
 
 
-def decide_invalid(message: UnparsedMessage) -> Decision:
+def decide_invalid(message: UnparsedMessage, knowledge: Knowledge | None = None) -> Decision:
     """A malformed or foreign message: handed back with the growing delay, never deleted."""
     handles = (message.receipt_handle,) if message.receipt_handle else ()
+    pollers = None if knowledge is None else knowledge.pollers
+    first_here = (
+        pollers is not None and message.message_id is not None and pollers.first_here([message.message_id])
+    )
     return Decision(
-        Verdict.HAND_BACK, Reason.UNUSABLE, handles, seconds=backoff_visibility(message.receive_count)
+        Verdict.HAND_BACK,
+        Reason.UNUSABLE,
+        handles,
+        seconds=backoff_visibility(
+            message.receive_count, pollers=1.0 if pollers is None else pollers.value, first_here=first_here
+        ),
     )
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_sm_callback import _airflow
+from airflow_sm_callback.protocol import routing
 from airflow_sm_callback.triggers.handoffs import HandOffConfirmer, HandOffLedger, TaskKey, TaskStates
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ class StreamState:
 
     key: Hashable
     ledger: HandOffLedger = field(default_factory=HandOffLedger)
+    #: How many processes receive from the queue, as this one's streams see it (kept across polls).
+    pollers: routing.PollerEstimate = field(default_factory=routing.PollerEstimate)
     confirmer: HandOffConfirmer = field(init=False)
     #: The claim desk of the stream's open producer (``None`` while none is open).
     desk: StreamDesk | None = None
@@ -109,7 +112,12 @@ class StreamState:
     _check: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.confirmer = HandOffConfirmer(task_states_source, on_idle=lambda: _drop_if_done(self))
+        self.confirmer = HandOffConfirmer(
+            task_states_source,
+            on_idle=lambda: _drop_if_done(self),
+            # A released hand-off's messages are back on the queue: its receipt handles are stale.
+            on_release=lambda handoff: self.ledger.forget(handoff.owner),
+        )
 
     def warm(self, owner: TaskKey) -> None:
         """

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from airflow_sm_callback._airflow import SharedStreamProducer
     from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
     from airflow_sm_callback.protocol.message import CallbackMessage
-    from airflow_sm_callback.triggers.desk import CallbackBatch
+    from airflow_sm_callback.triggers.desk import CallbackBatch, StreamDesk
 
 __all__ = ["SageMakerCallbackTrigger"]
 
@@ -351,6 +351,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         owner = self.task_key()  # None unless it fires once, for a task
         if owner is not None:
             state.warm(owner)
+        last_desk: StreamDesk | None = None
         try:
             if once and (handoff := await self._taken_again(state)) is not None:
                 callback = handoff.callback
@@ -381,52 +382,66 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                     return
                 # Every trigger sees every batch: one waiting for an execution looks it up.
                 candidates = batch.deliveries if execution is None else batch.for_execution(execution)
+                desk = last_desk = batch.desk
                 # Keep moving past batches after firing (a batch resolves only when every
                 # trigger has moved past it), taking further copies of what this trigger fired.
                 if fired:
                     self._claim_copies(batch, candidates)
+                    desk.walked(batch.id, me)
                     continue
-                desk = batch.desk
-                for delivery in candidates:
-                    if desk.claim_of(batch.id, delivery.token) is not None:
-                        continue
-                    if delivery.token in self._fired_tokens:
-                        self._claim_copies(batch, [delivery])
-                        continue
-                    want, step_name = routing.wants(matcher, delivery, desk.knowledge)
-                    if want is routing.Want.LOOK_UP:
-                        await desk.lookup(delivery.callback.pipeline_execution_arn)
+                try:
+                    for delivery in candidates:
+                        if desk.claim_of(batch.id, delivery.token) is not None:
+                            continue
+                        if delivery.token in self._fired_tokens:
+                            self._claim_copies(batch, [delivery])
+                            continue
                         want, step_name = routing.wants(matcher, delivery, desk.knowledge)
-                    if want is not routing.Want.YES:
-                        continue
-                    claim = routing.Claim(
-                        me,
-                        # Without Airflow's persist confirmation (the provider's own shared
-                        # poll, below 3.3) an asset event's messages are held too, and deleted
-                        # when they come back (see .local).
-                        hold=self.handoff_visibility if once or not desk.persist_confirmed else None,
-                        owner=owner if once else None,
-                        deleted_by=(
-                            "triggerer"
-                            if once and owner is not None and _process.task_states_source()
-                            else "task"
-                        ),
-                        step_name=step_name,
-                        watcher=not once,
-                    )
-                    if not desk.claim(batch.id, delivery.token, claim):
-                        continue
-                    callback = delivery.callback.with_step_name(step_name) if step_name else delivery.callback
-                    self._fired(callback, delivery.message_ids)
-                    await desk.mask(callback.token)
-                    self.log.info("Callback for %s arrived", callback.pipeline_execution_arn)
-                    await self._hold()
-                    handles = list(delivery.receipt_handles) if once else None
-                    yield TriggerEvent(success_event(callback, desk.queue_url, handles, claim.deleted_by))
-                    if once:
-                        fired = True
-                        break
+                        if want is routing.Want.LOOK_UP:
+                            await desk.lookup(delivery.callback.pipeline_execution_arn)
+                            want, step_name = routing.wants(matcher, delivery, desk.knowledge)
+                        if want is not routing.Want.YES:
+                            continue
+                        claim = routing.Claim(
+                            me,
+                            # Without Airflow's persist confirmation (the provider's own shared
+                            # poll, below 3.3) an asset event's messages are held too, and
+                            # deleted when they come back (see .local).
+                            hold=self.handoff_visibility if once or not desk.persist_confirmed else None,
+                            owner=owner if once else None,
+                            deleted_by=(
+                                "triggerer"
+                                if once and owner is not None and _process.task_states_source()
+                                else "task"
+                            ),
+                            step_name=step_name,
+                            watcher=not once,
+                        )
+                        if not desk.claim(batch.id, delivery.token, claim):
+                            continue
+                        if once:
+                            # It claims nothing more here: the rest may go back to the queue
+                            # while its event waits for the resume hold.
+                            desk.walked(batch.id, me)
+                        callback = (
+                            delivery.callback.with_step_name(step_name) if step_name else delivery.callback
+                        )
+                        self._fired(callback, delivery.message_ids)
+                        await desk.mask(callback.token)
+                        self.log.info("Callback for %s arrived", callback.pipeline_execution_arn)
+                        await self._hold()
+                        handles = list(delivery.receipt_handles) if once else None
+                        yield TriggerEvent(success_event(callback, desk.queue_url, handles, claim.deleted_by))
+                        if once:
+                            fired = True
+                            break
+                finally:
+                    # Whatever this trigger did not claim may go back to the queue now.
+                    desk.walked(batch.id, me)
         except Exception as err:
             if not once or fired:
                 raise
             yield TriggerEvent(error_event(f"the shared poll of {self.queue_url} failed: {err}"))
+        finally:
+            if last_desk is not None:
+                last_desk.left(me)  # no batch waits for this trigger to walk it any more

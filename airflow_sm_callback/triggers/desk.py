@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -91,6 +91,11 @@ class StreamDesk:
         events derived from it persisted (Airflow's shared streams, 3.3+). The provider's own
         shared poll below 3.3 has no such confirmation: there an asset event's messages are held
         for the hand-off too, never deleted on the word of the event alone.
+    :param pollers: the stream's estimate of how many processes receive from the queue.
+    :param on_walked: called with a batch's id once every filter that was on the stream when it
+        was broadcast has walked it: its unclaimed deliveries are settled then, without waiting
+        for the persist of the events of the claimed ones (a message that another triggerer's
+        waiter wants goes back to the queue at once).
     """
 
     def __init__(
@@ -100,24 +105,37 @@ class StreamDesk:
         ledger: HandOffLedger,
         *,
         persist_confirmed: bool = True,
+        pollers: routing.PollerEstimate | None = None,
+        on_walked: Callable[[int], None] | None = None,
         lookup_concurrency: int = 4,
     ) -> None:
         self.hook = hook
         self.queue_url = queue_url
         self.ledger = ledger
         self.persist_confirmed = persist_confirmed
-        #: What the routing policy reads: the hook's step directory and the ledger.
-        self.knowledge = routing.Knowledge(hook.steps, ledger)
+        #: What the routing policy reads: the hook's step directory, the ledger, the pollers.
+        self.knowledge = routing.Knowledge(hook.steps, ledger, pollers)
         self._claims: dict[int, dict[str, routing.Claim]] = {}
+        #: Batch id -> the filters that have not walked it yet.
+        self._walkers: dict[int, set[Hashable]] = {}
+        #: Batches whose unclaimed deliveries were settled: they take no new claim.
+        self._settled: set[int] = set()
+        self._on_walked = on_walked
         self._lookups: dict[str, asyncio.Task[None]] = {}
         self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
         self._masker = TokenMasker()
 
     # -- claims ----------------------------------------------------------------------------------
 
-    def open(self, batch_id: int) -> None:
-        """Accept claims on a batch (the producer calls it before the broadcast)."""
+    def open(self, batch_id: int, walkers: Iterable[Hashable] = ()) -> None:
+        """
+        Accept claims on a batch (the producer calls it before the broadcast), and wait for
+        ``walkers``, the filters on the stream now, to walk it (none: settled when advanced).
+        """
         self._claims[batch_id] = {}
+        pending = set(walkers)
+        if pending:
+            self._walkers[batch_id] = pending
 
     def claim(self, batch_id: int, token: str, claim: routing.Claim) -> bool:
         """Claim the delivery of ``token`` in a batch; only the first claim wins."""
@@ -125,10 +143,32 @@ class StreamDesk:
         if claims is None:
             log.warning("A claim on batch %s, which this stream no longer holds, is refused", batch_id)
             return False
-        if token in claims:
+        if token in claims or batch_id in self._settled:
             return False
         claims[token] = claim
         return True
+
+    def walked(self, batch_id: int, walker: Hashable) -> None:
+        """``walker`` is done with a batch: it claims nothing more in it."""
+        pending = self._walkers.get(batch_id)
+        if pending is None or walker not in pending:
+            return
+        pending.discard(walker)
+        if not pending:
+            del self._walkers[batch_id]
+            if batch_id in self._claims:
+                self._settled.add(batch_id)
+                if self._on_walked is not None:
+                    self._on_walked(batch_id)
+
+    def left(self, walker: Hashable) -> None:
+        """``walker`` left the stream: no batch waits for it any more."""
+        for batch_id in [b for b, pending in self._walkers.items() if walker in pending]:
+            self.walked(batch_id, walker)
+
+    def claims_of(self, batch_id: int) -> dict[str, routing.Claim]:
+        """The claims made on a batch so far, by token."""
+        return dict(self._claims.get(batch_id, {}))
 
     def claim_of(self, batch_id: int, token: str) -> routing.Claim | None:
         """The claim that won the delivery of ``token`` in a batch, if any."""
@@ -136,6 +176,8 @@ class StreamDesk:
 
     def close(self, batch_id: int) -> dict[str, routing.Claim]:
         """The claims of a batch, by token; the batch takes no more (the producer advances it)."""
+        self._walkers.pop(batch_id, None)
+        self._settled.discard(batch_id)
         return self._claims.pop(batch_id, {})
 
     # -- masking and step look-ups ---------------------------------------------------------------
@@ -176,4 +218,6 @@ class StreamDesk:
         for task in list(self._lookups.values()):
             task.cancel()
         self._claims.clear()
+        self._walkers.clear()
+        self._settled.clear()
         await self.hook.aclose()

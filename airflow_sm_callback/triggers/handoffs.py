@@ -13,7 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from airflow_sm_callback._airflow import TaskKey
@@ -53,6 +53,8 @@ class HandOff:
     landed: bool = False
     #: ``time.monotonic()`` until which the hand-off is kept: the end of its messages' hold.
     until: float = 0.0
+    #: ``time.monotonic()`` when it was last given to its task (by an event of this process).
+    given_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,7 @@ class HandOffLedger:
         handoff = self._handoffs.get(owner)
         if handoff is not None:
             handoff.until = max(handoff.until, time.monotonic() + hold)
+            handoff.given_at = time.monotonic()
 
     def forget(self, owner: TaskKey) -> None:
         """Forget the hand-off given to ``owner`` (its step is closed)."""
@@ -186,6 +189,8 @@ class _Watch:
     until: float
     next_look: float
     gap: float
+    #: ``time.monotonic()`` when its task was first seen deferred again (restarted without its event).
+    deferred_since: float | None = None
 
 
 class HandOffConfirmer:
@@ -198,24 +203,34 @@ class HandOffConfirmer:
     confirmer reads the states of the task instances it waits for (one request per DAG and 100
     runs, through the triggerer's supervisor) from 2 seconds after the event was persisted,
     with gaps that double up to 10 seconds, until the messages' hold ends; a message that comes
-    back after that is looked at again (:meth:`HandOffLedger.came_back`). It runs while there is
+    back after that is looked at again (:meth:`HandOffLedger.came_back`).
+
+    A task seen deferred again, twice in a row, was restarted without its event and waits for
+    its callback anew; unless a trigger of this process took the hand-off again meanwhile, its
+    new trigger runs in another triggerer, which cannot see the hidden message: the confirmer
+    hands the message back at once (:meth:`release`), so that it reaches that trigger in
+    seconds instead of when the hold ends. It runs while there is
     something to wait for, and outlives the stream's producer (a stream stops when its last
     trigger leaves, before the tasks resume). Nothing is lost when it stops early: the messages
     come back when their hold ends, and are delivered or deleted then.
 
     :param states: where task instance states are read (``None``: nowhere, nothing is deleted).
     :param on_idle: called when it has nothing left to do.
+    :param on_release: called with a hand-off it released (its task runs elsewhere now).
     """
 
     FIRST_LOOK: Final = 2.0
     MAX_GAP: Final = 10.0
     TICK: Final = 1.0
     DELETE_ATTEMPTS: Final = 10
+    #: Seconds between the two looks that see a task deferred again before its message is released.
+    DEFERRED_AGAIN_LOOK: Final = 3.0
 
     def __init__(
         self,
         states: Callable[[], TaskStates | None],
         on_idle: Callable[[], None] = lambda: None,
+        on_release: Callable[[HandOff], None] = lambda _: None,
     ) -> None:
         self._states = states
         self._on_idle = on_idle
@@ -223,8 +238,10 @@ class HandOffConfirmer:
         self._task: asyncio.Task[None] | None = None
         self._queue_url: str | None = None
         self._hook_factory: Callable[[], SageMakerCallbackHook] | None = None
-        #: Messages deleted, and task state rounds made (for tests and figures).
+        self._on_release = on_release
+        #: Messages deleted, hand-offs released, and task state rounds made (for tests and figures).
         self.deleted = 0
+        self.released = 0
         self.rounds = 0
 
     def connect(self, queue_url: str, hook_factory: Callable[[], SageMakerCallbackHook]) -> None:
@@ -270,12 +287,15 @@ class HandOffConfirmer:
         try:
             while self._watches or deletes:
                 await asyncio.sleep(self.TICK)
-                landed = await self._landed()
+                landed, released = await self._landed()
                 for watch in landed:
                     deletes.update(dict.fromkeys(watch.handoff.receipt_handles, 0))
-                if deletes and self._queue_url is not None and self._hook_factory is not None:
+                if (deletes or released) and self._queue_url is not None and self._hook_factory is not None:
                     hook = hook or self._hook_factory()
-                    deletes = await self._delete(hook, self._queue_url, deletes)
+                    if released:
+                        await self._release(hook, self._queue_url, released)
+                    if deletes:
+                        deletes = await self._delete(hook, self._queue_url, deletes)
                 # Landed once the first delete was made: a message back from now on is redundant.
                 for watch in landed:
                     watch.handoff.landed = True
@@ -287,13 +307,16 @@ class HandOffConfirmer:
                 # Once this task is done, so that ``idle`` holds when the callback asks.
                 asyncio.get_running_loop().call_soon(self._on_idle)
 
-    async def _landed(self) -> list[_Watch]:
-        """Look at the tasks due for a look; return the watches of those that have their callbacks."""
+    async def _landed(self) -> tuple[list[_Watch], list[HandOff]]:
+        """
+        Look at the tasks due for a look; return the watches of those that have their callbacks,
+        and the hand-offs to release (their tasks were restarted and wait for them anew).
+        """
         now = asyncio.get_running_loop().time()
         due = [w for w in self._watches.values() if w.next_look <= now]
         source = self._states()
         if not due or source is None:
-            return []
+            return [], []
         self.rounds += 1
         try:
             states = await source([w.handoff.owner for w in due])
@@ -301,19 +324,47 @@ class HandOffConfirmer:
             log.warning("Reading the states of %d waiting tasks failed: %s", len(due), err)
             states = {}
         landed: list[_Watch] = []
+        released: list[HandOff] = []
         for watch in due:
             owner = watch.handoff.owner
             if self._watches.get(owner) is not watch:
                 continue  # watched again meanwhile
-            if states.get(owner) in LANDED_STATES:
+            state = states.get(owner)
+            if state in LANDED_STATES:
                 landed.append(watch)
                 del self._watches[owner]
             elif now >= watch.until:
                 del self._watches[owner]  # visible again: looked at when it comes back
+            elif state == "deferred" and watch.deferred_since is None:
+                watch.deferred_since = time.monotonic()
+                watch.next_look = min(now + self.DEFERRED_AGAIN_LOOK, watch.until)
+            elif state == "deferred" and watch.handoff.given_at < watch.deferred_since:  # type: ignore[operator]
+                released.append(watch.handoff)
+                del self._watches[owner]
             else:
+                watch.deferred_since = None
                 watch.gap = min(self.MAX_GAP, watch.gap * 2)
                 watch.next_look = min(now + watch.gap, watch.until)
-        return landed
+        return landed, released
+
+    async def _release(self, hook: SageMakerCallbackHook, queue_url: str, released: list[HandOff]) -> None:
+        """Hand the messages of restarted tasks' hand-offs back at once (their new triggers may be elsewhere)."""
+        entries = [(handle, 0) for handoff in released for handle in handoff.receipt_handles]
+        try:
+            await hook.achange_visibility(queue_url, entries)
+        except Exception as err:
+            # They come back when their hold ends, as before.
+            log.warning(
+                "Handing back %d messages of restarted tasks failed: %s", len(entries), describe_error(err)
+            )
+            return
+        for handoff in released:
+            self.released += 1
+            log.info(
+                "Callback for %s handed back: its task was restarted and waits again, maybe in another triggerer",
+                handoff.callback.pipeline_execution_arn,
+            )
+            self._on_release(handoff)
 
     async def _delete(
         self, hook: SageMakerCallbackHook, queue_url: str, deletes: dict[str, int]

@@ -78,13 +78,16 @@ def hook_for(kwargs: dict[str, Any]) -> SageMakerCallbackHook:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Inflight:
     """A broadcast batch until Airflow advances it, with what the triggers never see."""
 
     batch: CallbackBatch
     copies: tuple[str, ...]
     invalid: tuple[UnparsedMessage, ...]
+    #: Settled once every filter walked it: its unclaimed deliveries, copies and unusable
+    #: messages are decided then; the advance decides the claimed ones.
+    settled: bool = False
 
 
 class CallbackStreamProducer(SharedStreamProducer):
@@ -105,6 +108,8 @@ class CallbackStreamProducer(SharedStreamProducer):
         #: Orders the heartbeat's visibility changes with the advances' (a hold set in advance()
         #: must not be overwritten by a heartbeat request still under way).
         self._visibility = asyncio.Lock()
+        #: Batches being settled (kept referenced until done).
+        self._settling: set[asyncio.Task[None]] = set()
 
     @property
     def desk(self) -> StreamDesk:
@@ -116,7 +121,12 @@ class CallbackStreamProducer(SharedStreamProducer):
         state = self._state = _process.join(stream_key(self.kwargs), id(self))
         state.confirmer.connect(self.queue_url, lambda: hook_for(self.kwargs))
         self._desk = state.desk = StreamDesk(
-            hook_for(self.kwargs), self.queue_url, state.ledger, persist_confirmed=self.persist_confirmed
+            hook_for(self.kwargs),
+            self.queue_url,
+            state.ledger,
+            persist_confirmed=self.persist_confirmed,
+            pollers=state.pollers,
+            on_walked=self._settle_soon,
         )
         self._heartbeat = asyncio.create_task(self._keep_hidden())
         self._received = asyncio.Queue(maxsize=MAX_PENDING_RECEIVES)
@@ -221,13 +231,79 @@ class CallbackStreamProducer(SharedStreamProducer):
 
     def _batch(self, received: list[ReceivedMessages]) -> CallbackBatch:
         desk = self.desk
+        state = self._state
+        assert state is not None
+        for result in received:
+            for callback in result.callbacks:
+                state.pollers.observe(callback.message_id, callback.receive_count, callback.sent_at)
+            for bad in result.invalid:
+                state.pollers.observe(bad.message_id, bad.receive_count)
         sorted_ = routing.sort(received, desk.knowledge)
         for bad in sorted_.invalid:
             desk.hook.warn_invalid(bad, self.queue_url)
         batch = CallbackBatch.of(next(_BATCH_IDS), sorted_.deliveries, desk)
-        desk.open(batch.id)
+        # The filters on the stream now: once each has walked the batch, it is settled.
+        desk.open(batch.id, state.users - {id(self)})
         self._inflight[batch.id] = _Inflight(batch, sorted_.copies, sorted_.invalid)
         return batch
+
+    def _settle_soon(self, batch_id: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(batch_id))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, batch_id: int) -> None:
+        """
+        Every filter walked a batch: decide its unclaimed deliveries now (hand back, delete as
+        stale or landed), with its copies and unusable messages; the claimed ones wait for the
+        advance, which comes only once their events persisted.
+        """
+        inflight = self._inflight.get(batch_id)
+        if inflight is None or inflight.settled:
+            return
+        inflight.settled = True
+        claims = self.desk.claims_of(batch_id)
+        decisions = [
+            self._decide(delivery, None)
+            for delivery in inflight.batch.deliveries
+            if delivery.token not in claims
+        ]
+        decisions.extend(self._unseen(inflight))
+        await self._apply(decisions)
+
+    def _decide(
+        self, delivery: routing.Delivery, claim: routing.Claim | None, clean: bool = True
+    ) -> routing.Decision:
+        """The policy's decision on a delivery; a hand-back at once is remembered for the estimate."""
+        desk = self.desk
+        decision = routing.decide(delivery, claim, desk.knowledge, clean=clean)
+        if decision.verdict is routing.Verdict.HAND_BACK and decision.seconds == 0 and claim is None:
+            assert self._state is not None
+            for message_id in delivery.message_ids:
+                self._state.pollers.handed_back_at_once(message_id)
+        if decision.lookup is not None:
+            desk.lookup_later(decision.lookup)
+        if decision.came_back:
+            # The original of a hand-off came back: its task is slow, or was restarted and waits
+            # for it (here or in another triggerer).
+            assert self._state is not None
+            handoff = self._state.ledger.came_back(delivery.token, delivery.receipt_handles, decision.seconds)
+            if handoff is not None:
+                self._state.confirmer.watch(handoff, decision.seconds)
+        return decision
+
+    def _unseen(self, inflight: _Inflight) -> list[routing.Decision]:
+        """Decisions on what the filters never see: further copies, and unusable messages."""
+        decisions = []
+        if inflight.copies:
+            decisions.append(routing.Decision(routing.Verdict.DELETE, routing.Reason.COPY, inflight.copies))
+        assert self._state is not None
+        for bad in inflight.invalid:
+            decision = routing.decide_invalid(bad, self.desk.knowledge)
+            if decision.seconds == 0:
+                self._state.pollers.handed_back_at_once(bad.message_id)
+            decisions.append(decision)
+        return decisions
 
     def get_advance_lane(self, broker_payload: Any) -> Hashable:
         # One lane per batch: a batch waiting for a persist never holds back the others.
@@ -245,7 +321,9 @@ class CallbackStreamProducer(SharedStreamProducer):
                 continue
             for delivery in inflight.batch.deliveries:
                 claim = claims.get(delivery.token)
-                decision = routing.decide(delivery, claim, desk.knowledge, clean=item.outcome.is_clean)
+                if claim is None and inflight.settled:
+                    continue  # decided when every filter had walked the batch
+                decision = self._decide(delivery, claim, clean=item.outcome.is_clean)
                 decisions.append(decision)
                 if claim is not None and decision.record:
                     handoff = state.ledger.record(delivery, claim)
@@ -253,21 +331,8 @@ class CallbackStreamProducer(SharedStreamProducer):
                         # Hidden until the callback is in the task's XCom; the confirmer deletes
                         # the messages once the task instance succeeded.
                         state.confirmer.watch(handoff, claim.hold)
-                if decision.came_back:
-                    # The original of a hand-off came back: its task is slow, or was restarted
-                    # and waits for it (here or in another triggerer).
-                    handoff = state.ledger.came_back(
-                        delivery.token, delivery.receipt_handles, decision.seconds
-                    )
-                    if handoff is not None:
-                        state.confirmer.watch(handoff, decision.seconds)
-                if decision.lookup is not None:
-                    desk.lookup_later(decision.lookup)
-            if inflight.copies:
-                decisions.append(
-                    routing.Decision(routing.Verdict.DELETE, routing.Reason.COPY, inflight.copies)
-                )
-            decisions.extend(routing.decide_invalid(bad) for bad in inflight.invalid)
+            if not inflight.settled:
+                decisions.extend(self._unseen(inflight))
         await self._apply(decisions)
 
     async def _apply(self, decisions: Sequence[routing.Decision]) -> None:
@@ -292,7 +357,7 @@ class CallbackStreamProducer(SharedStreamProducer):
                     (handle, RECEIVE_VISIBILITY)
                     for inflight in list(self._inflight.values())
                     if now - inflight.batch.received_at > HEARTBEAT_AFTER
-                    for delivery in inflight.batch.deliveries
+                    for delivery in self._undecided(inflight)
                     for handle in delivery.receipt_handles
                 ]
                 if not entries:
@@ -302,7 +367,17 @@ class CallbackStreamProducer(SharedStreamProducer):
                 except Exception as err:
                     self.desk.hook.log.warning("Extending visibility failed: %s", describe_error(err))
 
+    def _undecided(self, inflight: _Inflight) -> list[routing.Delivery]:
+        """The deliveries of a batch not decided yet (all, or once it settled, the claimed ones)."""
+        if not inflight.settled:
+            return list(inflight.batch.deliveries)
+        claims = self.desk.claims_of(inflight.batch.id)
+        return [d for d in inflight.batch.deliveries if d.token in claims]
+
     async def aclose(self) -> None:
+        for task in list(self._settling):
+            task.cancel()
+        await asyncio.gather(*self._settling, return_exceptions=True)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self._receiver is not None:
@@ -324,8 +399,12 @@ class CallbackStreamProducer(SharedStreamProducer):
             routing.Decision(routing.Verdict.HAND_BACK, routing.Reason.NOT_DURABLE, handles)
             for inflight in self._inflight.values()
             for handles in (
-                *(d.receipt_handles for d in inflight.batch.deliveries),
-                *((bad.receipt_handle,) for bad in inflight.invalid if bad.receipt_handle),
+                *(d.receipt_handles for d in self._undecided(inflight)),
+                *(
+                    (bad.receipt_handle,)
+                    for bad in inflight.invalid
+                    if bad.receipt_handle and not inflight.settled
+                ),
             )
         ]
         self._inflight.clear()

@@ -769,3 +769,64 @@ async def test_nothing_is_left_in_the_process_once_the_triggers_of_a_stream_end(
             await asyncio.sleep(0.25)
         assert key not in _process.states()
     assert emulator.queue_messages(callback_queue) == []
+
+
+async def test_what_no_trigger_here_claims_goes_back_once_they_walked_it_not_after_the_persist(
+    harness_mode: str, emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+) -> None:
+    """
+    Several triggerers on one queue: a message that a trigger of another triggerer waits for is
+    handed back as soon as every trigger here has walked its batch, even when the batch also
+    holds a claimed callback whose event takes long to persist.
+    """
+    mine, theirs = start_many(emulator, callback_queue, 2)
+    emulator.clear_requests()
+    async with SharedStreamHarness(persist_delay=8.0) as harness:
+        harness.add(1, task_trigger(callback_queue, aws_conn, mine))
+        harness.add(2, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=mine + "-other"))
+        assert await harness.wait_for_events(1, within=20)
+        deadline = time.monotonic() + 4
+        visible = []
+        while time.monotonic() < deadline:
+            visible = [m for m in emulator.queue_messages(callback_queue) if not m.get("InFlight")]
+            if visible:
+                break
+            await asyncio.sleep(0.1)
+        # Back on the queue within seconds, long before the claimed event persists (8 s).
+        assert [json.loads(m["Body"])["pipelineExecutionArn"] for m in visible] == [theirs]
+        assert emulator.request_counts("sqs").get("DeleteMessageBatch", 0) == 0
+
+
+async def test_a_task_deferred_again_gets_its_callback_in_another_triggerer_before_the_hold_ends(
+    harness_mode: str,
+    emulator: CallbackEmulator,
+    callback_queue: str,
+    aws_conn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    Airflow restarts a resumed task without its event; it defers again and its new trigger lands
+    in another triggerer. The triggerer that handed the callback on sees the task deferred again
+    and hands the hidden message back, so that it arrives in seconds, not when the hold ends.
+    """
+    (arn,) = start_many(emulator, callback_queue, 1)
+    for key, value in emulator.airflow_connection("aws_elsewhere").items():
+        monkeypatch.setenv(key, value)
+    owner = TaskKey("d", "run-a", "wait")
+    async with SharedStreamHarness(persist_delay=0.3) as here:
+        here.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
+        here.add(1, task_trigger(callback_queue, aws_conn, arn, hold=300))
+        assert await here.wait_for_events(1, within=20)
+        fired_at = here.events[0].at
+        await asyncio.sleep(1)
+        here.set_task_state(owner, "deferred")  # restarted without its event, waiting again
+        async with SharedStreamHarness(persist_delay=0.3, resume_delay=0.2) as elsewhere:
+            elsewhere.add(
+                2, owned_by(trigger_for(callback_queue, "aws_elsewhere", pipeline_execution_arn=arn), "run-a")
+            )
+            assert await elsewhere.wait_for_events(1, within=40)
+            (again,) = elsewhere.events_of(2)
+            assert again.at - fired_at < 30  # not after the 300 s hold
+            await elsewhere.wait_for_resumes()
+            assert emulator.queue_messages(callback_queue) == []
+    assert len(here.events) == 1

@@ -13,12 +13,14 @@ from airflow_sm_callback.protocol.routing import (
     Decision,
     Delivery,
     Knowledge,
+    PollerEstimate,
     Reason,
     Verdict,
     Want,
     backoff_visibility,
     decide,
     decide_invalid,
+    hot_receives,
     sort,
     visibility_changes,
     wants,
@@ -90,6 +92,55 @@ def delivery(token: str = "Ab3dE6gH9k", execution: str = "a", count: int = 1) ->
 def test_backoff_is_at_once_then_grows_to_a_minute() -> None:
     assert [backoff_visibility(n) for n in range(1, 10)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
     assert backoff_visibility(10_000) == 60
+
+
+def test_with_several_pollers_a_message_is_handed_back_at_once_until_it_has_surely_met_them_all() -> None:
+    assert [hot_receives(k) for k in (1.0, 2.0, 4.0, 8.0)] == [1, 14, 33, 69]
+    # At each of those counts a waiter in one of k pollers has missed it with chance <= 0.01 %.
+    for k in (2, 4, 8):
+        assert (1 - 1 / k) ** hot_receives(k) <= 0.0001 < (1 - 1 / k) ** (hot_receives(k) - 1)
+    assert [backoff_visibility(n, pollers=4.0) for n in (1, 33, 34, 35, 36, 50)] == [0, 0, 1, 2, 4, 60]
+    assert hot_receives(1000.0) == 100  # bounded however many pollers seem to be there
+    # The first time a poller sees a message it hands it back at once, whatever its count.
+    assert backoff_visibility(9, first_here=True) == 0
+    assert backoff_visibility(9) == 60
+
+
+def test_the_poller_estimate_follows_the_receive_counts() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    alone = PollerEstimate()
+    assert alone.value == 1.0
+    # One poller alone: it sees every message first at count 1, and again one receive later.
+    for i in range(100):
+        alone.observe(f"m{i}", 1, now)
+        assert alone.first_here([f"m{i}"])
+        alone.handed_back_at_once(f"m{i}")
+        alone.observe(f"m{i}", 2, now)
+        assert not alone.first_here([f"m{i}"])
+    assert alone.value == pytest.approx(1.0)
+    # Four pollers taking turns: three others' receives before and between this one's.
+    four = PollerEstimate()
+    for i in range(100):
+        four.observe(f"n{i}", 4, now)
+        four.handed_back_at_once(f"n{i}")
+        four.observe(f"n{i}", 8, now)
+    assert four.value == pytest.approx(4.0, abs=0.01)
+    # Messages sent before it started (a restarted triggerer), or handed back with a delay, say
+    # nothing of the others.
+    samples = four.samples
+    four.observe("old", 40, datetime(2020, 1, 1, tzinfo=UTC))
+    four.observe("n0", 50, now)
+    assert four.samples == samples
+    first = Delivery(delivery(count=20).callback, ("r",), ("new",), 20)
+    four.observe("new", 20, now)
+    assert decide(first, None, Knowledge(Steps(), pollers=four)).seconds == 0  # first sighting here
+    four.observe("new", 60, now)
+    assert (
+        decide(Delivery(first.callback, ("r",), ("new",), 60), None, Knowledge(Steps(), pollers=four)).seconds
+        == 60
+    )
 
 
 def test_sort_groups_a_token_s_messages_stopping_wins_and_sets_copies_and_the_unusable_apart() -> None:

@@ -1,0 +1,230 @@
+"""
+Scale-out: k triggerers on one queue, side by side in one run (``make bench``, section "Several triggerers").
+
+Each triggerer is a waiting process of its own (:mod:`bench.worker`, kind ``ours``: Airflow's
+shared stream manager, each event confirmed persisted after the stated delay), as one triggerer
+runs its triggers. N waits are spread over the k processes round robin, as the scheduler's
+assignment spreads deferred tasks over live triggerers (each triggerer takes up to its capacity
+of the unassigned triggers; with N far below k times the capacity the split is even). Then:
+
+* ``burst``: the N callbacks are sent at once;
+* ``noise``: the same, with 100 callbacks of other executions (their steps open, nobody waits for
+  them) and 10 foreign messages on the queue, sent at the same moment; after the burst the
+  receives of those messages are counted over a window that starts once every triggerer has
+  seen them (``--noise-window``, from 60 s after the send), and the messages left are counted
+  (none may be deleted: their steps are open);
+* ``idle``: N waits and no message for ``--idle-seconds``: ``ReceiveMessage`` per minute per
+  triggerer.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    Callbacks,
+    base_env,
+    consumer_requests,
+    emulator_process,
+    latency_figures,
+    prepare_callbacks,
+    send_at_once,
+)
+from bench.trigger_level import Worker
+
+#: Callbacks of executions nobody waits for, and foreign messages, in the ``noise`` scenario.
+OTHER_CALLBACKS = 100
+FOREIGN_BODIES = [
+    json.dumps({"Records": [{"eventSource": "aws:s3", "s3": {"object": {"key": f"in/{i}.csv"}}}]})
+    if i % 2
+    else f"not json at all {i}"
+    for i in range(10)
+]
+
+
+@dataclass(frozen=True)
+class ScaleScenario:
+    """One run with ``k`` triggerers."""
+
+    k: int
+    mode: str  # "burst", "noise" or "idle"
+    n: int
+    time_limit: float = 240.0
+    idle_seconds: float = 180.0
+    noise_window: tuple[float, float] = (60.0, 180.0)
+
+    @property
+    def name(self) -> str:
+        return f"scale-k{self.k}-{self.mode}-{self.n}"
+
+
+def _receive_counts(emulator: Any, queue_url: str, bodies: set[str]) -> dict[str, int]:
+    """ApproximateReceiveCount of the messages on the queue whose bodies are in ``bodies``."""
+    return {
+        m["Body"]: int(m.get("Attributes", m).get("ApproximateReceiveCount", 0))
+        for m in emulator.queue_messages(queue_url)
+        if m["Body"] in bodies
+    }
+
+
+def run_scale(
+    scenario: ScaleScenario, log_dir: Path, persist_delay: float, resume_delay: float = 1.0
+) -> dict[str, Any]:
+    """Run one scenario with ``scenario.k`` waiting processes; return its raw figures."""
+    noise = scenario.mode == "noise"
+    with emulator_process(log_dir, scenario.name) as running:
+        emulator = running.emulator
+        extra = OTHER_CALLBACKS if noise else 0
+        prepared = prepare_callbacks(emulator, f"bench-{scenario.name}", scenario.n + extra)
+        arns = list(prepared.bodies)
+        waited = arns[: scenario.n]
+        others = {prepared.bodies[arn] for arn in arns[scenario.n :]}
+        env = base_env(Path(tempfile.mkdtemp(prefix="bench-worker-")))
+        env.update(emulator.airflow_connection("aws_default"))
+        workers: list[Worker] = []
+        logs = []
+        try:
+            for index in range(scenario.k):
+                log = (log_dir / f"{scenario.name}.triggerer-{index}.log").open("wb")
+                logs.append(log)
+                worker = Worker(env, log)
+                workers.append(worker)
+                worker.send(
+                    json.dumps(
+                        {
+                            "kind": "ours",
+                            "mode": "idle" if scenario.mode == "idle" else "burst",
+                            "arns": waited[index :: scenario.k],  # round robin
+                            "queue_url": prepared.queue_url,
+                            "endpoint_url": emulator.endpoint_url,
+                            "time_limit": scenario.time_limit,
+                            "persist_delay": persist_delay,
+                            "resume_delay": resume_delay,
+                            # Every triggerer keeps polling until the noise window has ended.
+                            "stay_after_go": scenario.noise_window[1] + 1.0 if noise else 0.0,
+                            "sentinels": 1 if noise else 0,
+                        }
+                    )
+                )
+            ready = [worker.expect("READY", within=900) for worker in workers]
+            emulator.clear_requests()
+            sent: dict[str, float] = {}
+            idle_counts: dict[str, int] = {}
+            idle_window = 0.0
+            noise_counts: dict[str, Any] = {}
+            if scenario.mode == "idle":
+                started = time.monotonic()
+                time.sleep(scenario.idle_seconds)
+                idle_counts = consumer_requests(emulator.request_counts("sqs"))
+                idle_window = time.monotonic() - started
+                for worker in workers:
+                    worker.send("STOP")
+            else:
+                bodies = {arn: prepared.bodies[arn] for arn in arns}
+                if noise:
+                    bodies.update({f"foreign-{i}": body for i, body in enumerate(FOREIGN_BODIES)})
+                sent = send_at_once(emulator, Callbacks(prepared.queue_url, bodies))
+                t0 = min(sent.values())
+                for worker in workers:
+                    worker.send(f"GO {t0}")
+                if noise:
+                    watched = others | set(FOREIGN_BODIES)
+                    start, end = scenario.noise_window
+                    time.sleep(max(0.0, t0 + start - time.time()))
+                    before = _receive_counts(emulator, prepared.queue_url, watched)
+                    time.sleep(max(0.0, t0 + end - time.time()))
+                    after = _receive_counts(emulator, prepared.queue_url, watched)
+                    noise_counts = {
+                        "window_s": end - start,
+                        "receives": {b: after.get(b, 0) - before.get(b, 0) for b in watched},
+                        "left": len(after),
+                        "expected": len(watched),
+                    }
+            results = [worker.expect("RESULT", within=scenario.time_limit + 600) for worker in workers]
+        finally:
+            for worker in workers:
+                worker.close()
+            for log in logs:
+                log.close()
+        counts = consumer_requests(emulator.request_counts("sqs"))
+        left = emulator.queue_messages(prepared.queue_url)
+    fired: dict[str, float] = {}
+    failures: dict[str, str] = {}
+    for result in results:
+        fired.update(result["fired"])
+        failures.update(result["failures"])
+    return {
+        "scenario": asdict(scenario),
+        "name": scenario.name,
+        "ready_seconds": max(r["ready_seconds"] for r in ready),
+        "sent": {arn: sent[arn] for arn in waited if arn in sent},
+        "fired": fired,
+        "failures": failures,
+        "maxrss_kb": max(r["maxrss_kb"] for r in results),
+        "sqs_requests": counts,
+        "idle_sqs_requests": idle_counts,
+        "idle_window_s": idle_window,
+        "noise": noise_counts,
+        "messages_left": len(left),
+    }
+
+
+def scale_figures(raw: dict[str, Any]) -> dict[str, Any]:
+    """The issue's figures of one scale-out scenario."""
+    scenario = raw["scenario"]
+    k, n = scenario["k"], scenario["n"]
+    out: dict[str, Any] = {
+        "name": raw["name"],
+        "k": k,
+        "mode": scenario["mode"],
+        "n": n,
+        "failures": len(raw["failures"]),
+        "peak_rss_mb_per_triggerer": raw["maxrss_kb"] / 1024,
+        "sqs_requests": raw["sqs_requests"],
+    }
+    if scenario["mode"] == "idle":
+        minutes = raw["idle_window_s"] / 60
+        receives = raw["idle_sqs_requests"].get("ReceiveMessage", 0)
+        out.update(
+            {
+                "idle_seconds": raw["idle_window_s"],
+                "receive_per_minute_per_triggerer": receives / minutes / k if minutes else None,
+            }
+        )
+        return out
+    limit = scenario["time_limit"]
+    sent, fired = raw["sent"], raw["fired"]
+    latencies = sorted(
+        fired[arn] - sent[arn] for arn in fired if arn in sent and fired[arn] - sent[arn] <= limit
+    )
+    total = sum(raw["sqs_requests"].values())
+    out.update(
+        {
+            "fired": len(latencies),
+            "time_limit_s": limit,
+            **latency_figures(latencies, n, prefix="latency_"),
+            "sqs_requests_total": total,
+            "sqs_requests_per_callback": total / len(latencies) if latencies else None,
+            "messages_left": raw["messages_left"],
+        }
+    )
+    noise = raw.get("noise") or {}
+    if noise:
+        receives = list(noise["receives"].values())
+        minutes = noise["window_s"] / 60
+        out.update(
+            {
+                "noise_left": noise["left"],
+                "noise_expected": noise["expected"],
+                "noise_receives_per_minute_max": max(receives) / minutes if receives else None,
+                "noise_receives_per_minute_mean": sum(receives) / len(receives) / minutes
+                if receives
+                else None,
+            }
+        )
+    return out
