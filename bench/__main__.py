@@ -70,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--scale-n", type=int, help="waits spread over the k triggerers (default 1000)")
     parser.add_argument(
+        "--e2e-triggerers-only",
+        action="store_true",
+        help="end to end: only this project's sensor with 1, 2 and 4 triggerers (kept beside the rest)",
+    )
+    parser.add_argument(
         "--only",
         choices=["masking", "scale-out"],
         help="run one section alone (masking: printed only; scale-out: kept beside the other figures)",
@@ -247,9 +252,25 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"[{time.monotonic() - began:7.0f} s] end to end, {args.e2e_runs} runs per DAG ...", flush=True)
         payload["end_to_end"] = run_e2e(
-            logs, args.e2e_runs, args.e2e_time_limit, rounds=1 if args.quick else ROUNDS
+            logs,
+            args.e2e_runs,
+            args.e2e_time_limit,
+            rounds=1 if args.quick else ROUNDS,
+            triggerers=tuple(k for k in args.triggerers if k <= 4),
+            only_triggerers=args.e2e_triggerers_only,
         )
         payload["end_to_end"]["run"] = this_run
+        if (
+            args.e2e_triggerers_only
+            and previous.exists()
+            and "end_to_end" in json.loads(previous.read_text())
+        ):
+            # The several-triggerer rounds join the earlier end-to-end figures.
+            merged = json.loads(previous.read_text())["end_to_end"]
+            merged["scenarios"].update(payload["end_to_end"]["scenarios"])
+            merged["triggerers"] = payload["end_to_end"]["triggerers"]
+            merged["triggerers_run"] = this_run
+            payload["end_to_end"] = merged
     elif previous.exists() and "end_to_end" in json.loads(previous.read_text()):
         # Kept, with the run that measured it, beside the new figures.
         payload["end_to_end"] = json.loads(previous.read_text())["end_to_end"]

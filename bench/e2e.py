@@ -13,6 +13,7 @@ project's sensor are measured in turn, twice each; the amazon sensor last.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 import urllib.error
@@ -250,13 +251,46 @@ ROUNDS = 2
 WARM_UP_RUNS = 10
 
 
+def set_triggerers(stack: AirflowStack, k: int) -> None:
+    """Run ``k`` triggerer processes (``triggerer``, ``triggerer-1`` ...), stopping or starting the extra ones."""
+    for index in range(1, 16):
+        name = f"triggerer-{index}"
+        if index < k and name not in stack.processes:
+            stack.start_component("triggerer", name=name)
+        elif index >= k and name in stack.processes:
+            stack.kill(name, signal.SIGTERM)  # a clean stop: its triggers go to the others
+    # A new triggerer takes triggers once it has heartbeated; one stopped gives its own back.
+    time.sleep(TRIGGERER_SETTLE)
+
+
+#: Seconds for triggerers started or stopped to join or leave before a round.
+TRIGGERER_SETTLE = 20.0
+#: Triggerer counts of the scale-out rounds, in the order they run (twice).
+TRIGGERER_COUNTS = (1, 2, 4)
+
+
 def run_e2e(
-    log_dir: Path, runs: int, time_limit: float, settle: float = SETTLE, rounds: int = ROUNDS
+    log_dir: Path,
+    runs: int,
+    time_limit: float,
+    settle: float = SETTLE,
+    rounds: int = ROUNDS,
+    triggerers: tuple[int, ...] = TRIGGERER_COUNTS,
+    only_triggerers: bool = False,
 ) -> dict[str, Any]:
-    """The whole end-to-end section; returns its figures."""
+    """
+    The whole end-to-end section; returns its figures. Then, on the same stack, this project's
+    sensor with 1, 2 and 4 triggerer processes (``triggerers``), in turn, ``rounds`` times
+    (``only_triggerers``: those alone).
+    """
     with emulator_process(log_dir, "e2e") as running, postgres(55434) as database:
         emulator = running.emulator
         ours = [prepare_callbacks(emulator, f"bench-e2e-ours-{i + 1}", runs) for i in range(rounds)]
+        scaled = {
+            (k, i): prepare_callbacks(emulator, f"bench-e2e-k{k}-{i + 1}", runs)
+            for i in range(rounds)
+            for k in triggerers
+        }
         amazon = prepare_callbacks(emulator, "bench-e2e-amazon", runs)
         stack = AirflowStack(
             dags_folder=DAGS_FOLDER,
@@ -274,7 +308,7 @@ def run_e2e(
             run_datetime_dag(stack, WARM_UP_RUNS, time_limit, lead=60.0)
             # Airflow alone and this project's sensor in turn; the amazon sensors last (runs
             # still waiting at their limit would poll on beside the others).
-            for i in range(rounds):
+            for i in range(0 if only_triggerers else rounds):
                 suffix = f", round {i + 1}" if rounds > 1 else ""
                 scenarios[f"DateTimeSensorAsync (Airflow alone){suffix}"] = run_datetime_dag(
                     stack, runs, time_limit, lead=lead
@@ -282,9 +316,21 @@ def run_e2e(
                 scenarios[f"SageMakerCallbackSensor{suffix}"] = run_callback_dag(
                     stack, emulator, "bench_callback_sensor", ours[i], time_limit, settle
                 )
-            scenarios["SqsSensor"] = run_callback_dag(
-                stack, emulator, "bench_sqs_sensor", amazon, time_limit, settle
-            )
+            # Several triggerers on the one queue: 1, 2 and 4 in turn, each count twice.
+            for i in range(rounds):
+                for k in triggerers:
+                    set_triggerers(stack, k)
+                    suffix = f", round {i + 1}" if rounds > 1 else ""
+                    scenarios[f"SageMakerCallbackSensor, {k} triggerer{'s' if k > 1 else ''}{suffix}"] = (
+                        run_callback_dag(
+                            stack, emulator, "bench_callback_sensor", scaled[k, i], time_limit, settle
+                        )
+                    )
+            set_triggerers(stack, 1)
+            if not only_triggerers:
+                scenarios["SqsSensor"] = run_callback_dag(
+                    stack, emulator, "bench_sqs_sensor", amazon, time_limit, settle
+                )
             (log_dir / "e2e.airflow.log").write_text(stack.logs())
     return {
         "runs": runs,
@@ -293,6 +339,7 @@ def run_e2e(
         "time_limit_s": time_limit,
         "settle_s": settle,
         "settings": SETTINGS,
+        "triggerers": list(triggerers),
         "database": "PostgreSQL (scripts/postgres.sh)",
         "stack_startup_s": startup,
         "scenarios": scenarios,

@@ -387,6 +387,15 @@ def write_doc(path: Path, payload: dict[str, Any]) -> None:
             f"Settings: {settings}.",
             e2e_table(e2e),
         ]
+        from bench.scale_report import e2e_triggerer_comparison, e2e_triggerer_table
+
+        rows = e2e_triggerer_comparison(e2e)
+        if rows:
+            parts += [
+                "One queue, this project's sensor, with 1, 2 and 4 triggerer processes in turn "
+                "(target: 2 and 4 within 1.2 times the p50 of one):",
+                e2e_triggerer_table(rows),
+            ]
     parts.append(DOC_END)
     generated = "\n\n".join(parts)
     text = path.read_text() if path.exists() else "# Performance\n"

@@ -155,3 +155,37 @@ def scale_plot(figures: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def e2e_triggerer_comparison(e2e: dict[str, Any]) -> list[dict[str, Any]]:
+    """
+    End to end with several triggerers: the p50 of each count, averaged over its rounds, against
+    one triggerer's (target: within 1.2 times for 2 and 4).
+    """
+    p50s: dict[int, list[float]] = {}
+    for name, figures in e2e.get("scenarios", {}).items():
+        if not name.startswith("SageMakerCallbackSensor, ") or figures.get("p50_s") is None:
+            continue
+        k = int(name.split(", ")[1].split()[0])
+        p50s.setdefault(k, []).append(figures["p50_s"])
+    if 1 not in p50s:
+        return []
+    base = sum(p50s[1]) / len(p50s[1])
+    rows = []
+    for k in sorted(p50s):
+        mean = sum(p50s[k]) / len(p50s[k])
+        rows.append(
+            {"k": k, "p50_s": mean, "ratio": mean / base, "met": None if k == 1 else mean <= 1.2 * base}
+        )
+    return rows
+
+
+def e2e_triggerer_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| triggerers | p50 s (mean of its rounds) | against one triggerer | within 1.2x |",
+        "|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: ""}[r["met"]]
+        lines.append(f"| {r['k']} | {r['p50_s']:.2f} | {r['ratio']:.2f}x | {met} |")
+    return "\n".join(lines)

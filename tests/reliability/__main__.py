@@ -79,7 +79,7 @@ def stack_on(
 #: Scenario groups ``--only`` selects: with the LocalExecutor those on SQLite with one triggerer
 #: and those on PostgreSQL; with the CeleryExecutor, "celery" (all of its); either, "hold" (the
 #: 200-run load alone).
-GROUPS = ("triggerer", "worker", "aws", "duplicates", "restarted", "postgres", "celery", "hold")
+GROUPS = ("triggerer", "worker", "aws", "duplicates", "restarted", "postgres", "four", "celery", "hold")
 LOCAL_GROUPS = {"triggerer", "worker", "aws", "duplicates", "restarted"}
 
 
@@ -165,6 +165,21 @@ def run(quick: bool, only: set[str], executor: str, resume_hold: float | None) -
                     record(lambda: scenarios.duplicates(emulator, stack, size))
                 if "restarted" in only:
                     record(lambda: scenarios.restarted(emulator, stack, size))
+        if "four" in only:
+            with (
+                postgres() as url,
+                stack_on(emulator, database=url, triggerers=4, resume_hold=resume_hold) as stack,
+            ):
+                record(
+                    lambda: scenarios.triggerer_killed(
+                        emulator,
+                        stack,
+                        20 if quick else 100,
+                        mid_flight=True,
+                        triggerer="triggerer-2",
+                        name="four triggerers, one killed and restarted (PostgreSQL)",
+                    )
+                )
         if "postgres" not in only:
             return outcomes
         with (

@@ -205,16 +205,24 @@ def _timed(run: Callable[[Outcome], Outcome], outcome: Outcome) -> Outcome:
 
 
 def triggerer_killed(
-    emulator: CallbackEmulator, stack: AirflowStack, n: int, *, mid_flight: bool = False
+    emulator: CallbackEmulator,
+    stack: AirflowStack,
+    n: int,
+    *,
+    mid_flight: bool = False,
+    triggerer: str = "triggerer",
+    name: str | None = None,
 ) -> Outcome:
     """
-    The triggerer is killed (SIGKILL) while ``n`` waits are deferred, then restarted.
+    A triggerer is killed (SIGKILL) while ``n`` waits are deferred, then restarted.
 
     ``mid_flight``: the callbacks are sent first and the triggerer dies a second later, while it
     is receiving, claiming and persisting them; otherwise it dies before they are sent.
+    ``triggerer``: which one, when the stack runs several (its waits go to the others once
+    Airflow finds it dead, or to it again once it is back).
     """
-    name = "triggerer killed mid-flight" if mid_flight else "triggerer killed while waiting"
-    outcome = Outcome(name, "SIGKILL the triggerer, restart it 5 s later", n)
+    name = name or ("triggerer killed mid-flight" if mid_flight else "triggerer killed while waiting")
+    outcome = Outcome(name, f"SIGKILL {triggerer}, restart it 5 s later", n)
 
     def run(outcome: Outcome) -> Outcome:
         batch = Batch(stack, emulator, "sensor_deferrable", emulator.create_queue(unique("rel")))
@@ -224,12 +232,12 @@ def triggerer_killed(
         if mid_flight:
             batch.answer()
             time.sleep(1)
-            stack.kill("triggerer", signal.SIGKILL)
+            stack.kill(triggerer, signal.SIGKILL)
         else:
-            stack.kill("triggerer", signal.SIGKILL)
+            stack.kill(triggerer, signal.SIGKILL)
             batch.answer()
         time.sleep(5)
-        stack.start_component("triggerer")
+        stack.start_component("triggerer", name=triggerer)
         return batch.settle(outcome, since=time.monotonic())
 
     return _timed(run, outcome)
