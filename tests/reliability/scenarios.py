@@ -75,7 +75,7 @@ class Outcome:
     #: Resumed tasks the scheduler failed because it learnt of the deferring process's end only
     #: after the resume ("... finished with state success, but the task instance's state
     #: attribute is running"): the race the resume hold works around.
-    resume_races: int | None = 0
+    resume_races: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,9 +197,15 @@ class Batch:
 
 
 def _timed(run: Callable[[Outcome], Outcome], outcome: Outcome) -> Outcome:
+    """Run a scenario; one that cannot finish is a row that says why, with nothing counted delivered."""
     started = time.monotonic()
     try:
         return run(outcome)
+    except Exception as err:
+        outcome.notes.append(f"the scenario could not finish: {err}")
+        outcome.delivered = 0
+        outcome.lost = outcome.callbacks
+        return outcome
     finally:
         outcome.seconds = round(time.monotonic() - started, 1)
 
