@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow import __version__ as _AIRFLOW_VERSION_TEXT
-from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 from packaging.version import Version
 
 __all__ = [
@@ -39,13 +39,16 @@ __all__ = [
     "AirflowSensorTimeout",
     "AirflowSkipException",
     "BaseEventTrigger",
+    "BaseTrigger",
     "DecoratedOperator",
     "SharedStreamManager",
     "SharedStreamProducer",
     "TaskKey",
     "TriggerEvent",
     "TriggerRule",
+    "ahitl_response",
     "amask_secrets",
+    "arecord_hitl_response",
     "atask_states",
     "conf",
     "decoded_kwarg",
@@ -55,6 +58,7 @@ __all__ = [
     "register_tokens",
     "reschedule_context",
     "task_decorator_factory",
+    "upsert_hitl_detail",
 ]
 
 log = logging.getLogger(__name__)
@@ -250,6 +254,95 @@ def reschedule_context(context: Any) -> Any:
         return context
     ti = _RescheduleDateAsDatetime(context["ti"])
     return {**context, "ti": ti, "task_instance": ti}
+
+
+# ----------------------------------------------------------------------------------------------
+# Human-in-the-loop requests (Airflow 3.1+)
+# ----------------------------------------------------------------------------------------------
+
+
+def upsert_hitl_detail(**request: Any) -> None:
+    """
+    Write the running task's human-in-the-loop request (what Airflow's UI lists under Required
+    Actions and its REST API answers).
+
+    Airflow 3.1 to 3.3.2: ``airflow.sdk.execution_time.hitl.upsert_hitl_detail``, which the
+    standard provider's ``HITLOperator.execute`` calls. Public alternative: ``HITLOperator.execute``
+    itself, which then waits on its own (``TaskAwaitingInput`` from 3.3, ``HITLTrigger`` before)
+    and so cannot watch the pipeline execution meanwhile.
+    """
+    from airflow.sdk.execution_time.hitl import upsert_hitl_detail as upsert
+
+    upsert(**request)
+
+
+def _response_payload(response: Any) -> dict[str, Any] | None:
+    if not (response.response_received and response.chosen_options):
+        return None
+    user = response.responded_by_user
+    return {
+        "chosen_options": list(response.chosen_options),
+        "params_input": dict(response.params_input or {}),
+        "responded_at": response.responded_at,
+        "responded_by_user": None if user is None else {"id": user.id, "name": user.name},
+        "timedout": user is None,
+    }
+
+
+async def ahitl_response(ti_id: Any) -> dict[str, Any] | None:
+    """
+    The response to a task instance's request, in the payload shape Airflow resumes a task with
+    (``HITLDetail.as_resume_event_payload``), or ``None`` while there is none.
+
+    Airflow 3.1 to 3.3.2: ``airflow.sdk.execution_time.hitl.get_hitl_detail_content_detail``,
+    run in a thread as the standard provider's ``HITLTrigger`` runs it. Public alternative: none
+    for a trigger.
+    """
+    from airflow.sdk.execution_time.hitl import get_hitl_detail_content_detail
+    from asgiref.sync import sync_to_async
+
+    return _response_payload(await sync_to_async(get_hitl_detail_content_detail)(ti_id=ti_id))
+
+
+async def arecord_hitl_response(
+    ti_id: Any, chosen_options: list[str], params_input: dict[str, Any]
+) -> dict[str, Any]:
+    """
+    Record a response on no one's behalf (a timeout's default outcome, or a stopped pipeline's),
+    so that the request leaves Required Actions and a later answer gets 409; returns the
+    response as recorded (a person's answer recorded first wins).
+
+    Airflow 3.1 to 3.3.2: ``airflow.sdk.execution_time.hitl.update_hitl_detail_response``, as
+    ``HITLTrigger`` records a timeout's defaults. Public alternative: none for a trigger.
+    """
+    from airflow.sdk.execution_time.hitl import get_hitl_detail_content_detail, update_hitl_detail_response
+    from asgiref.sync import sync_to_async
+
+    before = _response_payload(await sync_to_async(get_hitl_detail_content_detail)(ti_id=ti_id))
+    if before is not None:
+        return before
+    try:
+        recorded = await sync_to_async(update_hitl_detail_response)(
+            ti_id=ti_id, chosen_options=chosen_options, params_input=params_input
+        )
+    except Exception:
+        # Airflow answers 409 to a second response: a person answered in between.
+        after = _response_payload(await sync_to_async(get_hitl_detail_content_detail)(ti_id=ti_id))
+        if after is None:
+            raise
+        return after
+    payload = _response_payload(recorded)
+    return (
+        payload
+        if payload is not None
+        else {
+            "chosen_options": chosen_options,
+            "params_input": params_input,
+            "responded_at": recorded.responded_at,
+            "responded_by_user": None,
+            "timedout": True,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------------------------

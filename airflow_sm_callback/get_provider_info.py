@@ -36,7 +36,11 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Amazon SageMaker Pipelines callback steps",
-                "python-modules": ["airflow_sm_callback.operators.callback"],
+                # The approval operator needs Airflow 3.1+ (human-in-the-loop tasks).
+                "python-modules": [
+                    "airflow_sm_callback.operators.callback",
+                    "airflow_sm_callback.operators.approval",
+                ],
             }
         ],
         "notifications": ["airflow_sm_callback.notifications.callback.SageMakerCallbackFailureNotifier"],
@@ -71,7 +75,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "Amazon SageMaker Pipelines callback steps",
-                "python-modules": ["airflow_sm_callback.triggers.callback"],
+                "python-modules": [
+                    "airflow_sm_callback.triggers.callback",
+                    "airflow_sm_callback.triggers.approval",
+                ],
             }
         ],
     }

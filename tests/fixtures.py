@@ -142,6 +142,9 @@ def _stack_env(emulator: CallbackEmulator, events_queue: str) -> dict[str, str]:
     }
 
 
+#: The accounts of the stack: who may answer an approval, and who may not (both admins).
+STACK_USERS = {"approver": "approver-password", "outsider": "outsider-password"}
+
 #: The LocalExecutor stack, while it runs (the Celery one stops it first: one stack at a time).
 _LOCAL: list[AirflowStack] = []
 
@@ -157,6 +160,7 @@ def stack(sagemaker_callback_emulator: CallbackEmulator, events_queue: str) -> I
         dags_folder=_stack_dags(),
         extra_env=_stack_env(sagemaker_callback_emulator, events_queue),
         settings={"core__max_active_runs_per_dag": "64", "core__parallelism": "32"},
+        users=STACK_USERS,
     ) as running:
         _LOCAL.append(running)
         yield running

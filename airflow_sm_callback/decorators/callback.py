@@ -27,7 +27,7 @@ from airflow_sm_callback._airflow import (
     DecoratedOperator,
     task_decorator_factory,
 )
-from airflow_sm_callback.links.callback import SageMakerPipelineExecutionLink
+from airflow_sm_callback.links.callback import SageMakerPipelineExecutionLink, persist_execution_link
 from airflow_sm_callback.operators.callback import merge_output_parameters
 from airflow_sm_callback.protocol.outputs import encode_output_parameters
 from airflow_sm_callback.protocol.tokens import Outcome
@@ -150,14 +150,7 @@ class _SageMakerCallbackDecoratedOperator(AwsCallbackMixin, DecoratedOperator, P
                     context, callback, f"Airflow task {self.dag_id}.{self.task_id} failed: {err}"
                 )
             raise
-        SageMakerPipelineExecutionLink.persist(
-            context=context,
-            operator=self,
-            region_name=arn.split(":")[3],
-            aws_partition=arn.split(":")[1],
-            pipeline_name=callback.pipeline_name,
-            execution_id=callback.execution_id,
-        )
+        persist_execution_link(context, self, arn)
         self.log.info("Closed callback step %s of %s as succeeded", step_name or "", arn)
         return result
 

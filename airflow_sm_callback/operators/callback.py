@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseOperator
 
 from airflow_sm_callback._airflow import AirflowException, TriggerRule
-from airflow_sm_callback.links.callback import SageMakerPipelineExecutionLink
-from airflow_sm_callback.protocol.message import parse_execution_arn
+from airflow_sm_callback.links.callback import SageMakerPipelineExecutionLink, persist_execution_link
 from airflow_sm_callback.protocol.outputs import InvalidOutputParameters, OutputType, encode_output_parameters
 from airflow_sm_callback.protocol.tokens import Outcome
 from airflow_sm_callback.utils.aws import AwsCallbackMixin, aws_template_fields
@@ -107,17 +106,7 @@ class _CallbackStepOperator(AwsCallbackMixin, BaseOperator):
         )
 
     def persist_link(self, context: Context, execution_arn: str | None) -> None:
-        if not execution_arn:
-            return
-        region, _, pipeline, execution_id = parse_execution_arn(execution_arn)
-        SageMakerPipelineExecutionLink.persist(
-            context=context,
-            operator=self,
-            region_name=region,
-            aws_partition=execution_arn.split(":")[1],
-            pipeline_name=pipeline,
-            execution_id=execution_id,
-        )
+        persist_execution_link(context, self, execution_arn)
 
 
 class SageMakerCallbackSuccessOperator(_CallbackStepOperator):

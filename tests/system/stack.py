@@ -79,6 +79,9 @@ class AirflowStack:
     :param executor: ``LocalExecutor`` or ``CeleryExecutor`` (which needs ``broker_url`` and a
         PostgreSQL ``sql_alchemy_conn``, its result backend).
     :param celery_workers: Celery workers started with the stack, ``worker-1`` ...
+    :param users: ``{name: password}``: real accounts (the simple auth manager's, each an
+        admin) instead of everyone being an anonymous admin; REST calls then log in, as the
+        first user unless ``as_user`` says otherwise.
     """
 
     dags_folder: Path
@@ -89,9 +92,11 @@ class AirflowStack:
     broker_url: str | None = None
     celery_workers: int = 2
     worker_concurrency: int = 16
+    users: dict[str, str] = field(default_factory=dict)
     home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="airflow-stack-")))
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _tokens: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def api(self) -> str:
@@ -109,7 +114,7 @@ class AirflowStack:
                 "AIRFLOW__CORE__AUTH_MANAGER": (
                     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
                 ),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False" if self.users else "True",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api}/execution/",
                 "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__HOST": "127.0.0.1",
@@ -131,10 +136,29 @@ class AirflowStack:
             env["AIRFLOW__CELERY__BROKER_URL"] = self.broker_url
             env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + self.sql_alchemy_conn
             env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(self.worker_concurrency)
+        if self.users:
+            passwords = self.home / "passwords.json"
+            passwords.write_text(json.dumps(self.users))
+            env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = ",".join(f"{name}:admin" for name in self.users)
+            env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = str(passwords)
         for key, value in self.settings.items():
             env[f"AIRFLOW__{key.upper()}"] = str(value)
         env.update(self.extra_env)
         return env
+
+    def token(self, user: str) -> str:
+        """A JWT for ``user`` (the simple auth manager's ``POST /auth/token``), kept for later calls."""
+        if user not in self._tokens:
+            request = urllib.request.Request(
+                f"{self.api}/auth/token",
+                data=json.dumps({"username": user, "password": self.users[user]}).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(request, timeout=60) as response:
+                self._tokens[user] = json.loads(response.read())["access_token"]
+        return self._tokens[user]
 
     def log_path(self, component: str) -> Path:
         return self.home / f"{component}.out"
@@ -207,16 +231,21 @@ class AirflowStack:
 
     # -- REST -------------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: Any = None, attempts: int = 3) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, attempts: int = 3, as_user: str | None = None
+    ) -> Any:
         """One REST call; a timeout or a 5xx (a busy SQLite database) is tried again."""
         data = json.dumps(body).encode() if body is not None else None
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        headers = {"Content-Type": "application/json"}
+        if self.users:
+            headers["Authorization"] = f"Bearer {self.token(as_user or next(iter(self.users)))}"
         for attempt in range(attempts):
             request = urllib.request.Request(
                 f"{self.api}/api/v2/{path.lstrip('/')}",
                 data=data,
                 method=method,
-                headers={"Content-Type": "application/json"},
+                headers=headers,
             )
             try:
                 with opener.open(request, timeout=60) as response:
