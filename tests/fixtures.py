@@ -139,6 +139,8 @@ def _stack_env(emulator: CallbackEmulator, events_queue: str) -> dict[str, str]:
         **emulator.airflow_connection(),
         "SAGEMAKER_CALLBACK_QUEUE_URL": events_queue,
         "SAGEMAKER_CALLBACK_PIPELINE": EVENTS_PIPELINE,
+        # Example 4's approvers: the stack's account that may answer.
+        "SAGEMAKER_CALLBACK_APPROVERS": "approver",
     }
 
 

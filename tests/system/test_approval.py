@@ -5,6 +5,7 @@ answers through Airflow's REST API as the stack's accounts, outcomes asserted in
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 from typing import Any
@@ -15,7 +16,7 @@ from airflow_sm_callback import _airflow
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.dags.approval_dags import STEP
 from tests.fixtures import unique
-from tests.system.stack import AirflowStack
+from tests.system.stack import ROOT, AirflowStack
 
 pytestmark = [
     pytest.mark.system,
@@ -53,18 +54,20 @@ def approval_pipeline(emulator: CallbackEmulator, queue_url: str) -> str:
     return emulator.start_execution(name)
 
 
-def hitl_path(dag_id: str, run_id: str) -> str:
-    return f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
+def hitl_path(dag_id: str, run_id: str, task_id: str = "approve") -> str:
+    return f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
 
 
-def requested(stack: AirflowStack, dag_id: str, run_id: str, within: float = 120) -> dict[str, Any]:
+def requested(
+    stack: AirflowStack, dag_id: str, run_id: str, task_id: str = "approve", within: float = 120
+) -> dict[str, Any]:
     """The run's approval request, once the task asks and waits."""
     deadline = time.monotonic() + within
     while True:
-        state = stack.task_instances(dag_id, run_id).get("approve", {}).get("state")
+        state = stack.task_instances(dag_id, run_id).get(task_id, {}).get("state")
         if state == "deferred":
             try:
-                return stack.request("GET", hitl_path(dag_id, run_id))
+                return stack.request("GET", hitl_path(dag_id, run_id, task_id))
             except urllib.error.HTTPError as err:
                 if err.code != 404:
                     raise
@@ -74,13 +77,19 @@ def requested(stack: AirflowStack, dag_id: str, run_id: str, within: float = 120
 
 
 def answer(
-    stack: AirflowStack, dag_id: str, run_id: str, user: str, option: str, fields: dict[str, Any]
+    stack: AirflowStack,
+    dag_id: str,
+    run_id: str,
+    user: str,
+    option: str,
+    fields: dict[str, Any],
+    task_id: str = "approve",
 ) -> int:
     """Answer as ``user``; the HTTP status."""
     try:
         stack.request(
             "PATCH",
-            hitl_path(dag_id, run_id),
+            hitl_path(dag_id, run_id, task_id),
             {"chosen_options": [option], "params_input": fields},
             as_user=user,
             attempts=1,
@@ -222,3 +231,36 @@ def test_a_pipeline_stopped_while_waiting_has_its_step_closed_and_no_approval_af
         == 409
     )
     assert emulator.request_counts("sagemaker").get("SendPipelineExecutionStepSuccess", 0) == 0
+
+
+def test_example_4_a_person_approves_the_model_and_the_pipeline_registers_it(
+    emulator: CallbackEmulator, callback_queue: str, stack: AirflowStack
+) -> None:
+    dag_id = "example_sagemaker_callback_approval"
+    pipeline = unique("approval-example")
+    emulator.create_pipeline(
+        pipeline, json.loads((ROOT / "example_dags" / "pipelines" / "approval.json").read_text())
+    )
+    stack.wait_for_dag(dag_id)
+    run_id = unique("run")
+    stack.trigger(dag_id, {"queue_url": callback_queue, "pipeline_name": pipeline}, run_id)
+    request = requested(stack, dag_id, run_id, task_id="approve_model", within=300)
+    # The metrics the pipeline passed to the step, and the fields the step declares.
+    assert request["subject"] == "Register churn-model?"
+    assert "| auc | 0.912 |" in request["body"]
+    assert "| accuracy | 0.874 |" in request["body"]
+    assert set(request["params"]) == {"register", "traffic_percent", "comment"}
+    assert request["assigned_users"] == [{"id": "approver", "name": "approver"}]
+    fields = {"register": True, "traffic_percent": 25, "comment": "good enough"}
+    assert answer(stack, dag_id, run_id, "approver", "Approve", fields, task_id="approve_model") == 200
+    assert stack.wait_for_runs(dag_id, [run_id], within=180) == {run_id: "success"}
+    arn = stack.xcom(dag_id, run_id, "start_pipeline")
+    assert emulator.wait_for_execution(arn, timeout=60) == "Succeeded"
+    assert emulator.step(arn, "RegisterModel")["StepStatus"] == "Succeeded"
+    sent = {
+        p["Name"]: p["Value"]
+        for p in emulator.step(arn, "ApproveModel")["Metadata"]["Callback"]["OutputParameters"]
+    }
+    assert sent["register"] == "true"
+    assert sent["traffic_percent"] == "25"
+    assert sent["approved_by"] == "approver"
