@@ -7,6 +7,8 @@ PYTHON ?= python3.11
 NEWEST := 3.3.2-9.39.0
 FLOOR := 3.0.6-9.12.0
 MIDDLE := 3.2.1-9.25.0 3.3.1-9.34.0
+# The lowest tested pair with human-in-the-loop tasks (Airflow 3.1+): the approval tests run there too.
+HITL_LOWEST := 3.2.1-9.25.0
 PAIRS := $(NEWEST) $(FLOOR) $(MIDDLE)
 PYTEST_ARGS ?=
 
@@ -53,7 +55,8 @@ typecheck: $(STAMP) $(FLOOR_STAMP)
 pytest: pytest-newest pytest-floor pytest-middle
 
 # The whole suite on the newest pair and on the floor; the middle pairs run what depends on
-# Airflow's version: unit, integration (the emulator's own tests apart) and the example DAGs.
+# Airflow's version: unit, integration (the emulator's own tests apart) and the example DAGs,
+# and the lowest with human-in-the-loop tasks the approval tests.
 pytest-newest: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
@@ -64,7 +67,8 @@ pytest-middle: $(MIDDLE_STAMPS)
 	@set -e; for pair in $(MIDDLE); do \
 		echo "== Airflow and amazon $$pair"; \
 		.venv-$$pair/bin/pytest -q -n 2 --dist loadgroup -m "not emulator" \
-			tests/unit tests/integration tests/system/test_examples.py $(PYTEST_ARGS); \
+			tests/unit tests/integration tests/system/test_examples.py \
+			$$( [ "$$pair" = "$(HITL_LOWEST)" ] && echo tests/system/test_approval.py ) $(PYTEST_ARGS); \
 	done
 
 # Run the emulator in the foreground (prints its endpoint).

@@ -54,7 +54,10 @@ with DAG(
     start = SageMakerStartPipelineOperator(
         task_id="start_pipeline",
         pipeline_name="{{ params.pipeline_name }}",
-        pipeline_params={"CallbackQueueUrl": "{{ params.queue_url }}", "ModelName": "{{ params.model_name }}"},
+        pipeline_params={
+            "CallbackQueueUrl": "{{ params.queue_url }}",
+            "ModelName": "{{ params.model_name }}",
+        },
         aws_conn_id="{{ params.aws_conn_id }}",
     )
 

@@ -202,7 +202,14 @@ class SageMakerCallbackApprovalOperator(AwsCallbackMixin, HITLOperator):
         self.form_fields: dict[str, Any] = (
             dict(form_fields)
             if form_fields is not None
-            else {COMMENT: Param("", type="string", title="Comment")}
+            else {
+                COMMENT: Param(
+                    None,
+                    type=["null", "string"],
+                    title="Comment",
+                    description="Not sent as an output; quoted in a rejection's reason",
+                )
+            }
         )
         self._init_aws(aws_conn_id, region_name, verify, botocore_config)
         self.callback = callback
