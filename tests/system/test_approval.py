@@ -109,11 +109,30 @@ def run_approval(
     return arn, run_id
 
 
+#: The scenarios, all started at once (each waits minutes for people or timeouts; together, one).
+SCENARIOS = {
+    "approve": ("approval_gate", {"traffic_percent": 10}),
+    "reject": ("approval_gate", {}),
+    "stop": ("approval_gate", {}),
+    "default-approve": ("approval_timeout_default", {"traffic_percent": 5, "register": False}),
+    "no-default": ("approval_timeout_none", {"traffic_percent": 5, "register": False}),
+}
+
+
+@pytest.fixture(scope="module")
+def started(emulator: CallbackEmulator, stack: AirflowStack) -> dict[str, tuple[str, str]]:
+    """Every scenario's execution and DAG run, started together: ``{name: (arn, run_id)}``."""
+    queue_url = emulator.create_queue(unique("approvals"))
+    return {
+        name: run_approval(stack, emulator, queue_url, dag_id, outputs)
+        for name, (dag_id, outputs) in SCENARIOS.items()
+    }
+
+
 def test_approved_by_an_assigned_user_the_step_succeeds_with_typed_outputs_once(
-    emulator: CallbackEmulator, callback_queue: str, stack: AirflowStack
+    emulator: CallbackEmulator, stack: AirflowStack, started: dict[str, tuple[str, str]]
 ) -> None:
-    emulator.reset()
-    arn, run_id = run_approval(stack, emulator, callback_queue, "approval_gate", {"traffic_percent": 10})
+    arn, run_id = started["approve"]
     request = requested(stack, "approval_gate", run_id)
     token = emulator.step(arn, STEP)["Metadata"]["Callback"]["CallbackToken"]
     # The request: the pipeline, the step, the callback's arguments, a console link; no token.
@@ -165,9 +184,9 @@ def test_approved_by_an_assigned_user_the_step_succeeds_with_typed_outputs_once(
 
 
 def test_rejected_the_step_fails_with_who_and_why(
-    emulator: CallbackEmulator, callback_queue: str, stack: AirflowStack
+    emulator: CallbackEmulator, stack: AirflowStack, started: dict[str, tuple[str, str]]
 ) -> None:
-    arn, run_id = run_approval(stack, emulator, callback_queue, "approval_gate", {})
+    arn, run_id = started["reject"]
     requested(stack, "approval_gate", run_id)
     assert (
         answer(stack, "approval_gate", run_id, "approver", "Reject", {"comment": "AUC drifted " + "x" * 400})
@@ -182,16 +201,19 @@ def test_rejected_the_step_fails_with_who_and_why(
 
 
 @pytest.mark.parametrize(
-    ("dag_id", "state", "status"),
-    [("approval_timeout_default", "success", "Succeeded"), ("approval_timeout_none", "failed", "Failed")],
-    ids=["default-approve", "no-default"],
+    ("scenario", "state", "status"),
+    [("default-approve", "success", "Succeeded"), ("no-default", "failed", "Failed")],
 )
 def test_no_answer_in_time_closes_the_step_with_the_default_or_as_failed(
-    emulator: CallbackEmulator, callback_queue: str, stack: AirflowStack, dag_id: str, state: str, status: str
+    emulator: CallbackEmulator,
+    stack: AirflowStack,
+    started: dict[str, tuple[str, str]],
+    scenario: str,
+    state: str,
+    status: str,
 ) -> None:
-    arn, run_id = run_approval(
-        stack, emulator, callback_queue, dag_id, {"traffic_percent": 5, "register": False}
-    )
+    dag_id = SCENARIOS[scenario][0]
+    arn, run_id = started[scenario]
     assert stack.wait_for_runs(dag_id, [run_id], within=180) == {run_id: state}
     recorded = stack.request("GET", hitl_path(dag_id, run_id))
     assert recorded["responded_by_user"] is None  # on no one's behalf
@@ -211,10 +233,9 @@ def test_no_answer_in_time_closes_the_step_with_the_default_or_as_failed(
 
 
 def test_a_pipeline_stopped_while_waiting_has_its_step_closed_and_no_approval_after(
-    emulator: CallbackEmulator, callback_queue: str, stack: AirflowStack
+    emulator: CallbackEmulator, stack: AirflowStack, started: dict[str, tuple[str, str]]
 ) -> None:
-    emulator.reset()
-    arn, run_id = run_approval(stack, emulator, callback_queue, "approval_gate", {})
+    arn, run_id = started["stop"]
     requested(stack, "approval_gate", run_id)
     emulator.client("sagemaker").stop_pipeline_execution(PipelineExecutionArn=arn)
     assert stack.wait_for_runs("approval_gate", [run_id], within=120) == {run_id: "success"}
@@ -230,7 +251,9 @@ def test_a_pipeline_stopped_while_waiting_has_its_step_closed_and_no_approval_af
         )
         == 409
     )
-    assert emulator.request_counts("sagemaker").get("SendPipelineExecutionStepSuccess", 0) == 0
+    token = emulator.step(arn, STEP)["Metadata"]["Callback"]["CallbackToken"]
+    assert emulator.accepted_closes().get(token) == 1  # the failure alone
+    assert emulator.step(arn, STEP)["StepStatus"] == "Failed"
 
 
 def test_example_4_a_person_approves_the_model_and_the_pipeline_registers_it(
