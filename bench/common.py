@@ -253,3 +253,24 @@ def latency_figures(latencies: list[float], n: int, prefix: str = "") -> dict[st
         figures[f"{prefix}{name}_over_limit"] = over
     figures[f"{prefix}max_s"] = max(latencies) if latencies else None
     return figures
+
+
+def burst_figures(
+    sent: Mapping[str, float],
+    fired: Mapping[str, float],
+    n: int,
+    limit: float,
+    sqs_requests: Mapping[str, int],
+) -> dict[str, Any]:
+    """A burst's figures: how many fired within ``limit``, latency from send, SQS requests per callback."""
+    latencies = sorted(
+        fired[arn] - sent[arn] for arn in fired if arn in sent and fired[arn] - sent[arn] <= limit
+    )
+    total = sum(sqs_requests.values())
+    return {
+        "fired": len(latencies),
+        "time_limit_s": limit,
+        **latency_figures(latencies, n, prefix="latency_"),
+        "sqs_requests_total": total,
+        "sqs_requests_per_callback": total / len(latencies) if latencies else None,
+    }

@@ -29,9 +29,9 @@ from typing import Any
 from bench.common import (
     Callbacks,
     base_env,
+    burst_figures,
     consumer_requests,
     emulator_process,
-    latency_figures,
     prepare_callbacks,
     send_at_once,
 )
@@ -197,22 +197,8 @@ def scale_figures(raw: dict[str, Any]) -> dict[str, Any]:
             }
         )
         return out
-    limit = scenario["time_limit"]
-    sent, fired = raw["sent"], raw["fired"]
-    latencies = sorted(
-        fired[arn] - sent[arn] for arn in fired if arn in sent and fired[arn] - sent[arn] <= limit
-    )
-    total = sum(raw["sqs_requests"].values())
-    out.update(
-        {
-            "fired": len(latencies),
-            "time_limit_s": limit,
-            **latency_figures(latencies, n, prefix="latency_"),
-            "sqs_requests_total": total,
-            "sqs_requests_per_callback": total / len(latencies) if latencies else None,
-            "messages_left": raw["messages_left"],
-        }
-    )
+    out.update(burst_figures(raw["sent"], raw["fired"], n, scenario["time_limit"], raw["sqs_requests"]))
+    out["messages_left"] = raw["messages_left"]
     noise = raw.get("noise") or {}
     if noise:
         receives = list(noise["receives"].values())

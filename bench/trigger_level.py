@@ -21,9 +21,9 @@ from typing import IO, Any
 from bench.common import (
     CpuSampler,
     base_env,
+    burst_figures,
     consumer_requests,
     emulator_process,
-    latency_figures,
     prepare_callbacks,
     send_at_once,
 )
@@ -196,18 +196,7 @@ def figures(raw: dict[str, Any], baseline_kb: int | None) -> dict[str, Any]:
         "messages_left": raw["messages_left"],
     }
     if scenario["mode"] == "burst":
-        sent = raw["sent"]
-        latencies = sorted(fired[arn] - sent[arn] for arn in fired if fired[arn] - sent[arn] <= limit)
-        total = sum(raw["sqs_requests"].values())
-        out.update(
-            {
-                "fired": len(latencies),
-                "time_limit_s": limit,
-                **latency_figures(latencies, n, prefix="latency_"),
-                "sqs_requests_total": total,
-                "sqs_requests_per_callback": total / len(latencies) if latencies else None,
-            }
-        )
+        out.update(burst_figures(raw["sent"], fired, n, limit, raw["sqs_requests"]))
     else:
         minutes = raw["idle_window_s"] / 60
         receives = raw["idle_sqs_requests"].get("ReceiveMessage", 0)

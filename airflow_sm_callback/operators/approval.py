@@ -31,11 +31,8 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
 
 from airflow_sm_callback._airflow import AirflowException, AirflowSkipException
-from airflow_sm_callback.links.callback import (
-    SageMakerPipelineExecutionLink,
-    execution_console_url,
-    persist_execution_link,
-)
+from airflow_sm_callback.links.callback import execution_console_url
+from airflow_sm_callback.operators.callback import _CallbackStepOperator
 from airflow_sm_callback.protocol.message import parse_execution_arn
 from airflow_sm_callback.protocol.outputs import (
     MAX_OUTPUT_VALUE,
@@ -46,8 +43,8 @@ from airflow_sm_callback.protocol.outputs import (
 )
 from airflow_sm_callback.protocol.tokens import Outcome, truncate_failure_reason
 from airflow_sm_callback.triggers.approval import STOPPING_STATUSES, SageMakerCallbackApprovalTrigger
-from airflow_sm_callback.utils.aws import AwsCallbackMixin, aws_template_fields
-from airflow_sm_callback.utils.closing import StepTarget, request_token_for, resolve_target
+from airflow_sm_callback.utils.aws import aws_template_fields
+from airflow_sm_callback.utils.closing import StepTarget, request_token_for
 from airflow_sm_callback.utils.rendering import callback_from, rendered_mapping, rendered_optional
 
 if TYPE_CHECKING:
@@ -86,7 +83,7 @@ def _form_value(name: str, value: Any, declared: OutputType) -> Any:
     return text
 
 
-class SageMakerCallbackApprovalOperator(AwsCallbackMixin, HITLOperator):
+class SageMakerCallbackApprovalOperator(_CallbackStepOperator, HITLOperator):
     """
     Ask a person to approve or reject a callback step, in Airflow's UI (Required Actions) or REST API.
 
@@ -153,7 +150,6 @@ class SageMakerCallbackApprovalOperator(AwsCallbackMixin, HITLOperator):
         "output_defaults": "json",
         "body": "md",
     }
-    operator_extra_links = (SageMakerPipelineExecutionLink(),)
     ui_color = "#fdf2d0"
     #: The form's fields (the standard provider's ``ParamsDict``).
     params: Any
@@ -188,6 +184,14 @@ class SageMakerCallbackApprovalOperator(AwsCallbackMixin, HITLOperator):
                     f"fill_from_response[{name!r}] must be one of {', '.join(RESPONSE_FIELDS)}, got {field!r}"
                 )
         super().__init__(
+            callback=callback,
+            callback_token=callback_token,
+            pipeline_execution_arn=pipeline_execution_arn,
+            callback_step_name=callback_step_name,
+            aws_conn_id=aws_conn_id,
+            region_name=region_name,
+            verify=verify,
+            botocore_config=botocore_config,
             subject=subject or "",
             body=body,
             options=[APPROVE, REJECT],
@@ -211,11 +215,6 @@ class SageMakerCallbackApprovalOperator(AwsCallbackMixin, HITLOperator):
                 )
             }
         )
-        self._init_aws(aws_conn_id, region_name, verify, botocore_config)
-        self.callback = callback
-        self.callback_token = callback_token
-        self.pipeline_execution_arn = pipeline_execution_arn
-        self.callback_step_name = callback_step_name
         self.output_defaults = output_defaults
         self.fill_from_response = fill
         self.default_outcome = default_outcome
@@ -225,13 +224,7 @@ class SageMakerCallbackApprovalOperator(AwsCallbackMixin, HITLOperator):
 
     def _target(self) -> tuple[StepTarget, str, str]:
         """The step to close, its execution and its name (each needed to build the form)."""
-        target = resolve_target(
-            self.hook,
-            callback=self.callback,
-            token=self.callback_token,
-            execution_arn=self.pipeline_execution_arn,
-            step_name=self.callback_step_name,
-        )
+        target = self.target()
         if target is None:
             raise AirflowException(
                 f"the callback step of {rendered_optional(self.pipeline_execution_arn)} has not started: "
@@ -323,7 +316,7 @@ class SageMakerCallbackApprovalOperator(AwsCallbackMixin, HITLOperator):
 
     def execute(self, context: Context) -> Any:
         target, arn, step_name = self._target()
-        persist_execution_link(context, self, arn)
+        self.persist_link(context, arn)
         step = self.hook.find_callback_step(arn, token=target.token)
         if step is not None and step.is_closed:
             # A retried task: the step was closed by an earlier try; nothing to ask.
@@ -379,7 +372,7 @@ class SageMakerCallbackApprovalOperator(AwsCallbackMixin, HITLOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         target, arn, step_name = self._target()
-        persist_execution_link(context, self, arn)
+        self.persist_link(context, arn)
         kind = event.get("kind", "response")  # Airflow 3.3 resumes with the response itself
         if kind == "stopped":
             self._close_failed(context, target, arn, STOPPED_WHILE_AWAITED)
