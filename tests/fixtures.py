@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from airflow_sm_callback import _airflow
 from airflow_sm_callback.testing import CallbackEmulator
 from tests.system.stack import ROOT, AirflowStack, postgres, redis
 
@@ -147,16 +148,29 @@ def _stack_env(emulator: CallbackEmulator, events_queue: str) -> dict[str, str]:
 #: The accounts of the stack: who may answer an approval, and who may not (both admins).
 STACK_USERS = {"approver": "approver-password", "outsider": "outsider-password"}
 
+#: Airflow 3.0's LocalExecutor gives a task to an idle worker before the scheduler has committed
+#: its queued state; the task's start is refused ("TI was not in a state where it could be marked
+#: as running", previous state scheduled) and the task fails, whatever it runs. Tasks resumed
+#: together hit it often (apache/airflow#56010, fixed in 3.1.0). Below 3.1 the tests' stack is
+#: therefore the CeleryExecutor one, as Amazon MWAA runs Airflow (README, "Compatibility").
+LOCAL_EXECUTOR_STARTS_SAFELY = _airflow.AIRFLOW_V_3_1_PLUS
+
 #: The LocalExecutor stack, while it runs (the Celery one stops it first: one stack at a time).
 _LOCAL: list[AirflowStack] = []
 
 
 @pytest.fixture(scope="session")
-def stack(sagemaker_callback_emulator: CallbackEmulator, events_queue: str) -> Iterator[AirflowStack]:
+def stack(
+    request: pytest.FixtureRequest, sagemaker_callback_emulator: CallbackEmulator, events_queue: str
+) -> Iterator[AirflowStack]:
     """
     Scheduler, triggerer, DAG processor and API server serving the test DAGs and the examples,
-    started on first use and shared by the session (tests using it share an xdist group).
+    started on first use and shared by the session (tests using it share an xdist group). On the
+    LocalExecutor, or below Airflow 3.1 the CeleryExecutor (:data:`LOCAL_EXECUTOR_STARTS_SAFELY`).
     """
+    if not LOCAL_EXECUTOR_STARTS_SAFELY:
+        yield request.getfixturevalue("celery_stack")
+        return
     _one_stack_per_test_run()
     with AirflowStack(
         dags_folder=_stack_dags(),
@@ -202,4 +216,6 @@ def celery_stack(sagemaker_callback_emulator: CallbackEmulator, events_queue: st
 @pytest.fixture(params=["LocalExecutor", pytest.param("CeleryExecutor", marks=pytest.mark.celery)])
 def any_stack(request: pytest.FixtureRequest) -> AirflowStack:
     """The stack of each executor in its turn (real-process tests that run on both)."""
+    if request.param == "LocalExecutor" and not LOCAL_EXECUTOR_STARTS_SAFELY:
+        pytest.skip("Airflow 3.0's LocalExecutor fails tasks it starts together (apache/airflow#56010)")
     return request.getfixturevalue("stack" if request.param == "LocalExecutor" else "celery_stack")
