@@ -28,8 +28,8 @@ A hand-back is immediate while the message may still reach a waiter in another p
 many receives as :func:`hot_receives` says for the number of pollers the caller estimates
 (:class:`PollerEstimate`, from the receive counts), then delayed more each time.
 
-A message that comes back unwanted a second time, whose step state is not fresh, asks for a step
-look-up (:attr:`Decision.lookup`): the standalone poll makes it at once (within a budget), the
+A message that comes back unwanted once it has surely met every poller (a second time, with one
+poller), whose step state is not fresh, asks for a step look-up (:attr:`Decision.lookup`): the standalone poll makes it at once (within a budget), the
 shared stream in the background for the message's next delivery.
 """
 
@@ -77,6 +77,9 @@ __all__ = [
 MISS_CHANCE: Final = 0.0001
 #: The most receives a message is handed back at once, however many pollers there seem to be.
 MAX_HOT_RECEIVES: Final = 100
+#: Seconds a poller takes others to be there after it last saw one of them receive (see
+#: :attr:`PollerEstimate.others_seen`).
+OTHERS_MEMORY: Final = 600.0
 
 
 def hot_receives(pollers: float) -> int:
@@ -115,14 +118,15 @@ class PollerEstimate:
     """
     How many processes receive from the queue, as one of them can tell from SQS's receive counts.
 
-    A message handed back at once is received next by any of the ``k`` pollers. So the receive
-    count at which this poller first sees a message, and the growth of its count between two
-    of this poller's receives when it handed it back at once in between, are ``k`` on average
-    (less while callbacks are claimed and leave the queue). The estimate is their mean, a moving
+    A message handed back is received next by any of the ``k`` pollers. So when this poller
+    receives a message for the ``m``-th time and its receive count is ``r``, ``r / m`` is about
+    ``k`` (a little less at small ``m``: the first receive of a new message is this poller's own).
+    The estimate is the mean of those ratios over the messages received here again, a moving
     average after the first ``settle`` samples, so it follows triggerers that start and stop,
-    with no setting and no look at Airflow. It starts at 1 (what one poller alone sees: every
-    first sighting at count 1); messages sent before it started (a restarted triggerer finds
-    them received many times) are left out of the first sightings.
+    with no setting and no look at Airflow. It starts at 1, what one poller alone sees (every
+    receive is its own). A first sighting gives no sample (in a burst of new messages every
+    poller sights most of them first at count 1), nor does a message sent before the estimate
+    started (a restarted triggerer finds those received many times by its former self).
     """
 
     def __init__(self, weight: float = 0.05, settle: int = 20, remember: int = 20_000) -> None:
@@ -132,12 +136,13 @@ class PollerEstimate:
         self._settle = settle
         self._remember = remember
         self._since = time.time()
+        self._others_at: float | None = None
         #: message id -> (receive count at its last receive here, handed back at once since,
-        #: receives here).
-        self._seen: OrderedDict[str, tuple[int, bool, int]] = OrderedDict()
+        #: receives here, sent after the estimate started).
+        self._seen: OrderedDict[str, tuple[int, bool, int, bool]] = OrderedDict()
 
-    def _sample(self, value: int) -> None:
-        value = min(value, MAX_HOT_RECEIVES)
+    def _sample(self, value: float) -> None:
+        value = min(value, float(MAX_HOT_RECEIVES))
         self.samples += 1
         if self.samples <= self._settle:
             self.value += (value - self.value) / self.samples
@@ -149,14 +154,39 @@ class PollerEstimate:
         if message_id is None:
             return
         prior = self._seen.pop(message_id, None)
-        if prior is None:
-            if sent_at is not None and sent_at.timestamp() >= self._since:
-                self._sample(receive_count)
-        elif prior[1] and receive_count > prior[0]:
-            self._sample(receive_count - prior[0])
-        self._seen[message_id] = (receive_count, False, 1 if prior is None else prior[2] + 1)
+        here = 1 if prior is None else prior[2] + 1
+        recent = (sent_at is not None and sent_at.timestamp() >= self._since) if prior is None else prior[3]
+        if prior is not None and recent and receive_count > prior[0]:
+            self._sample(receive_count / here)
+        if recent and receive_count > here:
+            self._others_at = time.monotonic()
+        self._seen[message_id] = (receive_count, False, here, recent)
         if len(self._seen) > self._remember:
             self._seen.popitem(last=False)
+
+    @property
+    def others_seen(self) -> bool:
+        """
+        Whether another poller received a message that this one received too, in the last
+        :data:`OTHERS_MEMORY` seconds: then at least two poll the queue, whatever the estimate
+        (which reads low while a poller keeps receiving its own hand-backs, as one that hands
+        a message back at once is often the next to receive it).
+        """
+        return self._others_at is not None and time.monotonic() - self._others_at < OTHERS_MEMORY
+
+    def for_message(self, message_ids: Iterable[str], receive_count: int) -> float:
+        """
+        The pollers to assume for one message: the estimate, or more when the message's own
+        counts say so. A message received ``r`` times, ``m`` of them here, went to other pollers
+        ``r - m`` times: about ``r / m`` pollers share it. That is known from its second receive
+        on, before the estimate has samples (a burst of new messages, sighted first at count 1,
+        gives it none), and for one poller alone it is 1 (every receive was here).
+        """
+        here = max((seen[2] for message_id in message_ids if (seen := self._seen.get(message_id))), default=0)
+        floor = 2.0 if self.others_seen else 1.0
+        if here <= 0:
+            return max(self.value, floor)
+        return max(self.value, floor, receive_count / here)
 
     def first_here(self, message_ids: Iterable[str]) -> bool:
         """Whether the last receive of these messages was their first here."""
@@ -166,7 +196,7 @@ class PollerEstimate:
         """This poller handed a message back with no delay (its next receive here gives a gap)."""
         seen = self._seen.get(message_id) if message_id is not None else None
         if message_id is not None and seen is not None:
-            self._seen[message_id] = (seen[0], True, seen[2])
+            self._seen[message_id] = (seen[0], True, seen[2], seen[3])
 
 
 class StepKnowledge(Protocol):
@@ -223,8 +253,11 @@ class Knowledge:
     #: How many processes receive from the queue (one, unless an estimate says otherwise).
     pollers: PollerEstimate | None = None
 
-    def poller_count(self) -> float:
-        return 1.0 if self.pollers is None else self.pollers.value
+    def poller_count(self, message_ids: Iterable[str] = (), receive_count: int = 0) -> float:
+        """The pollers to assume (for one message, when given: :meth:`PollerEstimate.for_message`)."""
+        if self.pollers is None:
+            return 1.0
+        return self.pollers.for_message(message_ids, receive_count) if receive_count else self.pollers.value
 
     def step_closed(self, token: str) -> bool:
         return self.steps.step_closed(token)
@@ -427,8 +460,11 @@ def decide(delivery: Delivery, claim: Claim | None, knowledge: Knowledge, *, cle
         return Decision(Verdict.DELETE, Reason.STALE, handles)
     if knowledge.landed(token):
         return Decision(Verdict.DELETE, Reason.LANDED, handles)
+    pollers = knowledge.poller_count(delivery.message_ids, delivery.receive_count)
     lookup = None
-    if delivery.receive_count >= 2 and not knowledge.step_fresh(token):
+    # Once it has surely met every poller (one alone: from its second receive), its step may be
+    # closed (a stale copy): worth a look-up.
+    if delivery.receive_count > max(1, hot_receives(pollers)) and not knowledge.step_fresh(token):
         lookup = delivery.callback.pipeline_execution_arn
     return Decision(
         Verdict.HAND_BACK,
@@ -436,7 +472,7 @@ def decide(delivery: Delivery, claim: Claim | None, knowledge: Knowledge, *, cle
         handles,
         seconds=backoff_visibility(
             delivery.receive_count,
-            pollers=knowledge.poller_count(),
+            pollers=pollers,
             first_here=knowledge.pollers is not None and knowledge.pollers.first_here(delivery.message_ids),
         ),
         came_back=knowledge.handed_on(token),
@@ -456,7 +492,15 @@ def decide_invalid(message: UnparsedMessage, knowledge: Knowledge | None = None)
         Reason.UNUSABLE,
         handles,
         seconds=backoff_visibility(
-            message.receive_count, pollers=1.0 if pollers is None else pollers.value, first_here=first_here
+            message.receive_count,
+            pollers=(
+                1.0
+                if pollers is None
+                else pollers.for_message(
+                    [message.message_id] if message.message_id else [], message.receive_count
+                )
+            ),
+            first_here=first_here,
         ),
     )
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Hashable
+from collections import Counter
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,17 @@ class StreamState:
     local: LocalStream | None = None
     closing: asyncio.Task[None] | None = None
     users: set[int] = field(default_factory=set)
+    #: The users that fired their one event (see :meth:`fire`): a fired trigger may sit in its
+    #: resume hold, or wait for Airflow to end it, and no batch waits for it meanwhile.
+    fired: set[int] = field(default_factory=set)
+    #: What the triggers here that may still claim wait for: trigger -> execution ARN, or
+    #: ``None`` for any (a watcher, or a wait matched by arguments alone).
+    waiting: dict[int, str | None] = field(default_factory=dict)
+    _executions: Counter[str] = field(default_factory=Counter, repr=False)
+    _any: int = field(default=0, repr=False)
+    #: What the fired triggers fired: token -> (trigger, its message ids).
+    fired_tokens: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    _someone_waits: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _warming: asyncio.Task[None] | None = field(default=None, repr=False)
     _check: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -144,6 +156,65 @@ class StreamState:
                 log.debug("The first task state look failed: %s", err)
 
         self._warming = asyncio.get_running_loop().create_task(look(), name="sagemaker-callback-warm-states")
+
+    def wait_for(self, user: int, execution_arn: str | None) -> None:
+        """``user`` may claim callbacks of ``execution_arn`` (of any execution: ``None``), until it leaves."""
+        self.stop_waiting(user)
+        self.waiting[user] = execution_arn
+        self._update_someone_waits()
+        if execution_arn is None:
+            self._any += 1
+        else:
+            self._executions[execution_arn] += 1
+
+    def stop_waiting(self, user: int) -> None:
+        """``user`` claims nothing more (it left)."""
+        if user not in self.waiting:
+            return
+        execution_arn = self.waiting.pop(user)
+        if execution_arn is None:
+            self._any -= 1
+        else:
+            self._executions[execution_arn] -= 1
+            if self._executions[execution_arn] <= 0:
+                del self._executions[execution_arn]
+        self._update_someone_waits()
+
+    def fire(self, user: int, token: str, message_ids: Iterable[str]) -> None:
+        """
+        ``user`` fired its one event, for ``token`` from ``message_ids``: batches opened from now
+        on do not wait for it to walk them, the stream need not receive for it, and the stream
+        claims further copies of the token for it (other message ids) until it leaves.
+        """
+        self.fired.add(user)
+        self.fired_tokens[token] = (user, frozenset(message_ids))
+        self._update_someone_waits()
+
+    def copy_claimant(self, token: str, message_ids: Iterable[str]) -> int | None:
+        """The fired trigger a further copy of ``token`` (other message ids) belongs to, if any."""
+        fired = self.fired_tokens.get(token)
+        if fired is None or not fired[1].isdisjoint(message_ids):
+            return None
+        return fired[0]
+
+    def _update_someone_waits(self) -> None:
+        if any(user not in self.fired for user in self.waiting):
+            self._someone_waits.set()
+        else:
+            self._someone_waits.clear()
+
+    @property
+    def someone_waits(self) -> bool:
+        """Whether a trigger here that has not fired may claim."""
+        return self._someone_waits.is_set()
+
+    async def until_someone_waits(self) -> None:
+        """Return once a trigger here may claim (at once if one may)."""
+        await self._someone_waits.wait()
+
+    def may_want(self, execution_arn: str) -> bool:
+        """Whether a trigger here may claim a callback of ``execution_arn``."""
+        return self._any > 0 or execution_arn in self._executions
 
     @property
     def done(self) -> bool:
@@ -190,6 +261,11 @@ def find(key: Hashable) -> StreamState | None:
 def leave(state: StreamState, user: int) -> None:
     """``user`` no longer uses ``state``; it is dropped once nothing needs it."""
     state.users.discard(user)
+    state.stop_waiting(user)
+    if user in state.fired:
+        state.fired.discard(user)
+        for token in [t for t, (fired_by, _) in state.fired_tokens.items() if fired_by == user]:
+            del state.fired_tokens[token]
     _drop_if_done(state)
 
 

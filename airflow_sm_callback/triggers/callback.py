@@ -345,6 +345,7 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         me = id(self)
         matcher = self.matcher
         execution = matcher.pipeline_execution_arn
+        state.wait_for(me, execution)
         loop = asyncio.get_running_loop()
         remaining = self._remaining()
         until = None if remaining is None else loop.time() + remaining
@@ -420,9 +421,11 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
                         if not desk.claim(batch.id, delivery.token, claim):
                             continue
                         if once:
-                            # It claims nothing more here: the rest may go back to the queue
-                            # while its event waits for the resume hold.
-                            desk.walked(batch.id, me)
+                            # It claims nothing more, here or in any batch: the rest may go
+                            # back to the queue while its event waits for the resume hold and
+                            # for Airflow to end this trigger.
+                            state.fire(me, delivery.token, delivery.message_ids)
+                            desk.left(me)
                         callback = (
                             delivery.callback.with_step_name(step_name) if step_name else delivery.callback
                         )

@@ -177,6 +177,7 @@ class CallbackStreamProducer(SharedStreamProducer):
         """
         errors = 0
         while True:
+            await self._until_someone_waits()
             try:
                 first = await self._receive(wait_time_seconds=20)
                 await out.put(first)
@@ -213,7 +214,8 @@ class CallbackStreamProducer(SharedStreamProducer):
         """
 
         async def receiver() -> None:
-            while True:
+            assert self._state is not None
+            while self._state.someone_waits:
                 result = await self._receive(wait_time_seconds=0)
                 await out.put(result)
                 if len(result) < SQS_BATCH_SIZE:
@@ -223,6 +225,21 @@ class CallbackStreamProducer(SharedStreamProducer):
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
             raise next((f for f in failures if not is_transient(f)), failures[0])
+
+    def _walkers(self) -> set[int]:
+        """The triggers here that may still claim from a batch: not this producer, none that fired."""
+        state = self._state
+        assert state is not None
+        return state.users - state.fired - {id(self)}
+
+    async def _until_someone_waits(self) -> None:
+        """
+        Receive nothing while every trigger of the stream here has fired (Airflow has yet to end
+        them): a message received then is wanted by none of them, and another triggerer's
+        waiter would get it a receive later.
+        """
+        assert self._state is not None
+        await self._state.until_someone_waits()
 
     async def _receive(self, *, wait_time_seconds: int) -> ReceivedMessages:
         return await self.desk.hook.areceive_callbacks(
@@ -241,11 +258,37 @@ class CallbackStreamProducer(SharedStreamProducer):
         sorted_ = routing.sort(received, desk.knowledge)
         for bad in sorted_.invalid:
             desk.hook.warn_invalid(bad, self.queue_url)
-        batch = CallbackBatch.of(next(_BATCH_IDS), sorted_.deliveries, desk)
-        # The filters on the stream now: once each has walked the batch, it is settled.
-        desk.open(batch.id, state.users - {id(self)})
+        # What no trigger here may claim (each waits for another execution) is decided at once,
+        # not after every filter walked it: another triggerer's waiter may want it now.
+        wanted = [d for d in sorted_.deliveries if state.may_want(d.callback.pipeline_execution_arn)]
+        if len(wanted) < len(sorted_.deliveries):
+            self._apply_soon(
+                [
+                    self._decide(d, None)
+                    for d in sorted_.deliveries
+                    if not state.may_want(d.callback.pipeline_execution_arn)
+                ]
+            )
+        batch = CallbackBatch.of(next(_BATCH_IDS), wanted, desk)
+        # The filters on the stream now: once each has walked the batch, it is settled (at once
+        # when there is none, or nothing in it to claim).
+        walkers = self._walkers() if wanted else set()
+        desk.open(batch.id, walkers)
+        # Further copies of what a trigger here fired are its claims, deleted once the batch
+        # advances (the trigger itself may be in its resume hold, walking nothing).
+        for delivery in batch.deliveries:
+            claimant = state.copy_claimant(delivery.token, delivery.message_ids)
+            if claimant is not None:
+                desk.claim(batch.id, delivery.token, routing.Claim(claimant, copy=True))
         self._inflight[batch.id] = _Inflight(batch, sorted_.copies, sorted_.invalid)
+        if not walkers:
+            self._settle_soon(batch.id)
         return batch
+
+    def _apply_soon(self, decisions: list[routing.Decision]) -> None:
+        task = asyncio.get_running_loop().create_task(self._apply(decisions))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     def _settle_soon(self, batch_id: int) -> None:
         task = asyncio.get_running_loop().create_task(self._settle(batch_id))

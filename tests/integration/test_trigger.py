@@ -16,6 +16,7 @@ from airflow_sm_callback.hooks.callback import SageMakerCallbackHook
 from airflow_sm_callback.protocol import CallbackMatcher
 from airflow_sm_callback.testing import CallbackEmulator
 from airflow_sm_callback.testing.triggerer import SharedStreamHarness
+from airflow_sm_callback.triggers import _process
 from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger
 from airflow_sm_callback.triggers.handoffs import TaskKey
 from tests.fixtures import callback_definition, unique
@@ -830,3 +831,92 @@ async def test_a_task_deferred_again_gets_its_callback_in_another_triggerer_befo
             await elsewhere.wait_for_resumes()
             assert emulator.queue_messages(callback_queue) == []
     assert len(here.events) == 1
+
+
+async def _visible_within(emulator: CallbackEmulator, queue_url: str, arn: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if any(
+            json.loads(m["Body"])["pipelineExecutionArn"] == arn and not m.get("InFlight")
+            for m in emulator.queue_messages(queue_url)
+        ):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _claimed(emulator: CallbackEmulator, queue_url: str, arn: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if any(
+            json.loads(m["Body"])["pipelineExecutionArn"] == arn and m.get("InFlight")
+            for m in emulator.queue_messages(queue_url)
+        ):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the callback of {arn} was not claimed within {seconds} s")
+
+
+async def test_a_trigger_in_its_resume_hold_holds_back_no_other_triggerer_s_message(
+    harness_mode: str, emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+) -> None:
+    """
+    A trigger that claimed its callback and waits out its resume hold walks no batch meanwhile:
+    a message that arrives then, which a trigger of another triggerer waits for, still goes back
+    to the queue at once, not when the hold ends.
+    """
+    (mine,) = start_many(emulator, callback_queue, 1)
+    held = task_trigger(callback_queue, aws_conn, mine)
+    held.not_before = time.time() + 15
+    async with SharedStreamHarness(persist_delay=0.5) as harness:
+        harness.add(1, held)
+        harness.add(2, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=mine + "-other"))
+        await _claimed(emulator, callback_queue, mine)
+        (theirs,) = start_many(emulator, callback_queue, 1)
+        # Received and handed back in seconds; the hold has 10 s and more to go.
+        assert await _visible_within(emulator, callback_queue, theirs, 5)
+        assert not harness.events_of(1)
+        assert await harness.wait_for_events(1, within=30)
+        assert harness.events_of(1)[0].event.payload["callback"]["pipeline_execution_arn"] == mine
+
+
+async def test_a_stream_whose_triggers_all_fired_receives_nothing_more(
+    harness_mode: str, emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+) -> None:
+    """
+    Once every trigger of the stream in this triggerer fired (each waits out its resume hold, or
+    for Airflow to end it), the stream stops receiving: a message that comes then is another
+    triggerer's, which it would only pass on a receive later.
+    """
+    (mine,) = start_many(emulator, callback_queue, 1)
+    held = task_trigger(callback_queue, aws_conn, mine)
+    held.not_before = time.time() + 15
+    async with SharedStreamHarness(persist_delay=0.5) as harness:
+        harness.add(1, held)
+        await _claimed(emulator, callback_queue, mine)
+        state = _process.find(held.shared_stream_key())
+        assert state is not None
+        for _ in range(100):
+            if not state.someone_waits:
+                break
+            await asyncio.sleep(0.1)
+        assert not state.someone_waits  # the trigger fired: it waits out its hold
+        await asyncio.sleep(0.5)
+        emulator.clear_requests()
+        (theirs,) = start_many(emulator, callback_queue, 1)
+        await asyncio.sleep(4)
+        # The long poll already waiting when the trigger fired may take it, and hands it back at
+        # once; no receive follows.
+        (left,) = [
+            m
+            for m in emulator.queue_messages(callback_queue)
+            if json.loads(m["Body"])["pipelineExecutionArn"] == theirs
+        ]
+        assert not left.get("InFlight")
+        assert int(left["Attributes"]["ApproximateReceiveCount"]) <= 1
+        assert emulator.request_counts("sqs").get("ReceiveMessage", 0) <= 1
+        await asyncio.sleep(3)
+        assert emulator.request_counts("sqs").get("ReceiveMessage", 0) <= 1
+        # A trigger that waits again makes it receive.
+        harness.add(2, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=theirs))
+        assert await harness.wait_for_events(2, within=20)

@@ -107,9 +107,9 @@ def test_with_several_pollers_a_message_is_handed_back_at_once_until_it_has_sure
 
 
 def test_the_poller_estimate_follows_the_receive_counts() -> None:
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
-    now = datetime.now(UTC)
+    now = datetime.now(UTC) + timedelta(seconds=5)  # sent after the estimates below started
     alone = PollerEstimate()
     assert alone.value == 1.0
     # One poller alone: it sees every message first at count 1, and again one receive later.
@@ -127,20 +127,77 @@ def test_the_poller_estimate_follows_the_receive_counts() -> None:
         four.handed_back_at_once(f"n{i}")
         four.observe(f"n{i}", 8, now)
     assert four.value == pytest.approx(4.0, abs=0.01)
-    # Messages sent before it started (a restarted triggerer), or handed back with a delay, say
-    # nothing of the others.
+    # A first sighting says nothing (in a burst every poller sights most messages first at
+    # count 1), nor does a message sent before it started (a restarted triggerer).
     samples = four.samples
+    four.observe("fresh", 1, now)
     four.observe("old", 40, datetime(2020, 1, 1, tzinfo=UTC))
-    four.observe("n0", 50, now)
+    four.observe("old", 44, now)
     assert four.samples == samples
     first = Delivery(delivery(count=20).callback, ("r",), ("new",), 20)
     four.observe("new", 20, now)
     assert decide(first, None, Knowledge(Steps(), pollers=four)).seconds == 0  # first sighting here
-    four.observe("new", 60, now)
+    for count in range(21, 200):  # then received here every time: this poller alone has it
+        four.observe("new", count, now)
     assert (
-        decide(Delivery(first.callback, ("r",), ("new",), 60), None, Knowledge(Steps(), pollers=four)).seconds
+        decide(
+            Delivery(first.callback, ("r",), ("new",), 199), None, Knowledge(Steps(), pollers=four)
+        ).seconds
         == 60
     )
+
+
+def test_a_message_others_received_too_is_handed_back_at_once_before_the_estimate_has_samples() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC) + timedelta(seconds=5)  # sent after the estimates below started
+    callback = delivery(count=1).callback
+
+    def seconds(estimate: PollerEstimate, message_id: str, count: int) -> int:
+        return decide(
+            Delivery(callback, ("r",), (message_id,), count), None, Knowledge(Steps(), pollers=estimate)
+        ).seconds
+
+    # A new estimate (1 poller): a message received here twice in a row goes on the ladder...
+    cold = PollerEstimate()
+    cold.observe("a", 1, now)
+    assert seconds(cold, "a", 1) == 0
+    cold.observe("a", 2, now)
+    assert seconds(cold, "a", 2) == 1
+    # ... but one received elsewhere in between (count 3 at its second receive here) says
+    # another poller is there: from then on at least two are assumed, for every message (a
+    # poller is often the next to receive what it handed back, which keeps its estimate low).
+    other = PollerEstimate()
+    other.observe("b", 1, now)
+    assert not other.others_seen
+    other.observe("b", 3, now)
+    assert other.others_seen
+    assert other.for_message(["b"], 3) == pytest.approx(2.0)
+    assert seconds(other, "b", 3) == 0
+    other.observe("c", 1, now)
+    other.observe("c", 2, now)  # only ever received here, yet handed back at once
+    assert seconds(other, "c", 2) == 0
+    ladder = []
+    for count in range(3, hot_receives(2.0) + 3):
+        other.observe("c", count, now)
+        ladder.append(seconds(other, "c", count))
+    assert ladder == [0] * (hot_receives(2.0) - 2) + [1, 2]
+    # Received 7 times, 2 of them here: about 3.5 pollers.
+    other.observe("d", 4, now)
+    other.observe("d", 7, now)
+    assert other.for_message(["d"], 7) == pytest.approx(3.5)
+    # Messages sent before the estimate started say nothing of others (a restarted triggerer
+    # finds them received many times by its former self).
+    restarted = PollerEstimate()
+    restarted.observe("old", 40, datetime(2020, 1, 1, tzinfo=UTC))
+    assert not restarted.others_seen
+    # Received 60 times, 20 of them here: about 3 pollers, all of which had it many times over.
+    many = PollerEstimate()
+    for count in range(3, 63, 3):
+        many.observe("c", count, now)
+    assert many.for_message(["c"], 60) == pytest.approx(3.0)
+    assert hot_receives(3.0) < 60
+    assert seconds(many, "c", 60) == 60
 
 
 def test_sort_groups_a_token_s_messages_stopping_wins_and_sets_copies_and_the_unusable_apart() -> None:
@@ -225,6 +282,28 @@ def test_an_unwanted_message_is_handed_back_at_once_then_with_a_growing_delay_an
     assert (again.verdict, again.seconds, again.lookup) == (Verdict.HAND_BACK, 4, ARN.format("a"))
     known = decide(delivery(count=4), None, Knowledge(Steps(fresh={"Ab3dE6gH9k"})))
     assert known.lookup is None  # what is known is fresh: no look-up
+
+
+def test_with_several_pollers_an_unwanted_message_is_looked_up_only_once_it_has_surely_met_them_all() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC) + timedelta(seconds=5)
+    four = PollerEstimate()
+    for i in range(40):  # four pollers taking turns
+        four.observe(f"n{i}", 4, now)
+        four.observe(f"n{i}", 8, now)
+    hot = hot_receives(four.value)
+    assert hot > 2
+    callback = delivery(count=1).callback
+    # A message nobody here wants, received here every fourth time.
+    looked_up = []
+    for count in range(4, 4 * hot, 4):
+        four.observe("m", count, now)
+        decision = decide(Delivery(callback, ("r",), ("m",), count), None, Knowledge(Steps(), pollers=four))
+        looked_up.append((count, decision.lookup))
+    # Every other triggerer would look its steps up from its second receive: not before it met them all.
+    assert all(lookup is None for count, lookup in looked_up if count <= hot)
+    assert all(lookup == ARN.format("a") for count, lookup in looked_up if count > hot)
 
 
 def test_the_original_of_a_hand_off_coming_back_is_handed_back_and_flagged() -> None:
