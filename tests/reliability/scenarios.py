@@ -103,8 +103,9 @@ class Batch:
         )
         self.runs.update(runs)
 
-    def wait_until_waiting(self, state: str = "deferred", within: float = 300) -> None:
-        """Wait until every run's sensor is in ``state``."""
+    def wait_until_waiting(self, state: str = "deferred", within: float | None = None) -> None:
+        """Wait until every run's sensor is in ``state`` (by default within 5 s a run, 300 s at least)."""
+        within = within if within is not None else max(300.0, 5.0 * len(self.runs))
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             states = [
