@@ -23,7 +23,10 @@ __all__ = ["DEFAULT_RESUME_HOLD", "SECTION", "default_resume_hold", "executor_na
 #: The configuration section of the provider.
 SECTION: Final = "sagemaker_callback"
 
-#: ``(lowest Airflow version, executor or "*") -> seconds``: the last row that applies wins.
+#: ``(lowest Airflow version, executor or "*") -> seconds``: the last row that applies wins. 20 s
+#: everywhere for now: the LocalExecutor needs it, and on the CeleryExecutor, where no race showed
+#: at 0, it costs nothing to a callback that comes 20 s or more after the deferral
+#: (docs/reliability.md, "The resume hold").
 DEFAULT_RESUME_HOLD: Final[tuple[tuple[tuple[int, int, int], str, float], ...]] = (((3, 0, 0), "*", 20.0),)
 
 
