@@ -260,15 +260,14 @@ class CallbackStreamProducer(SharedStreamProducer):
             desk.hook.warn_invalid(bad, self.queue_url)
         # What no trigger here may claim (each waits for another execution) is decided at once,
         # not after every filter walked it: another triggerer's waiter may want it now.
-        wanted = [d for d in sorted_.deliveries if state.may_want(d.callback.pipeline_execution_arn)]
-        if len(wanted) < len(sorted_.deliveries):
-            self._apply_soon(
-                [
-                    self._decide(d, None)
-                    for d in sorted_.deliveries
-                    if not state.may_want(d.callback.pipeline_execution_arn)
-                ]
+        wanted: list[routing.Delivery] = []
+        elsewhere: list[routing.Delivery] = []
+        for delivery in sorted_.deliveries:
+            (wanted if state.may_want(delivery.callback.pipeline_execution_arn) else elsewhere).append(
+                delivery
             )
+        if elsewhere:
+            self._apply_soon([self._decide(delivery, None) for delivery in elsewhere])
         batch = CallbackBatch.of(next(_BATCH_IDS), wanted, desk)
         # The filters on the stream now: once each has walked the batch, it is settled (at once
         # when there is none, or nothing in it to claim).

@@ -178,6 +178,9 @@ def run(quick: bool, only: set[str], executor: str, resume_hold: float | None) -
                         mid_flight=True,
                         triggerer="triggerer-2",
                         name="four triggerers, one killed and restarted (PostgreSQL)",
+                        # 100 runs at once: the reliability DAG's (no cap of 64 active runs, a
+                        # wait long enough for all of them to defer on 2 CPUs).
+                        dag_id="rel_deferrable",
                     )
                 )
         if "postgres" not in only:

@@ -219,6 +219,7 @@ def triggerer_killed(
     mid_flight: bool = False,
     triggerer: str = "triggerer",
     name: str | None = None,
+    dag_id: str = "sensor_deferrable",
 ) -> Outcome:
     """
     A triggerer is killed (SIGKILL) while ``n`` waits are deferred, then restarted.
@@ -232,7 +233,7 @@ def triggerer_killed(
     outcome = Outcome(name, f"SIGKILL {triggerer}, restart it 5 s later", n)
 
     def run(outcome: Outcome) -> Outcome:
-        batch = Batch(stack, emulator, "sensor_deferrable", emulator.create_queue(unique("rel")))
+        batch = Batch(stack, emulator, dag_id, emulator.create_queue(unique("rel")))
         emulator.reset()
         batch.trigger(n)
         batch.wait_until_waiting()
