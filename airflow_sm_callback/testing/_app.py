@@ -3,7 +3,7 @@ The WSGI app: control endpoints, fault injection and the request log around moto
 
 :class:`EmulatorApp` answers the control endpoints under ``/_emulator/`` itself, identifies
 every AWS request (:func:`identify_request`: service from the SigV4 credential scope, action
-from ``X-Amz-Target`` or the query ``Action``), answers injected faults (:mod:`._faults`) before
+from ``X-Amz-Target`` or the query ``Action``; :func:`request_queue`: the SQS queue), answers injected faults (:mod:`._faults`) before
 moto sees the request, and logs every request with its HTTP status (:mod:`._request_log`). The
 rest goes to moto's ``DomainDispatcherApplication``, whose SageMaker app answers with
 :class:`~._sagemaker.CallbackSageMakerResponse`; requests that reach moto's SQS hold
@@ -26,11 +26,18 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from ._engine import EngineError, StepEngine
 from ._faults import FaultRegistry, fault_response, status_line
 from ._lock import MOTO_LOCK
-from ._request_log import RequestLog
+from ._request_log import RequestLog, queue_name
 from ._sagemaker import ENGINE_ENVIRON_KEY, create_app
 from ._sqs import fast_scan_queues, peek_queue, purge_queue
 
-__all__ = ["CONTROL_PREFIX", "INTERNAL_HEADER", "EmulatorApp", "identify_request", "request_region"]
+__all__ = [
+    "CONTROL_PREFIX",
+    "INTERNAL_HEADER",
+    "EmulatorApp",
+    "identify_request",
+    "request_queue",
+    "request_region",
+]
 
 #: Request header marking a request sent by the emulator's own helpers (logged as internal,
 #: never faulted).
@@ -89,6 +96,35 @@ def identify_request(environ: dict[str, Any]) -> tuple[str, str]:
     return service or "unknown", f"{environ.get('REQUEST_METHOD', 'GET')} {environ.get('PATH_INFO', '/')}"
 
 
+def request_queue(environ: dict[str, Any]) -> str | None:
+    """
+    The name of the SQS queue a request names (its ``QueueUrl``, or ``QueueName`` when it creates
+    one), from the JSON or form-encoded body or the query string; the body is put back for moto.
+    ``None`` when it names none.
+    """
+    query = environ.get("QUERY_STRING") or ""
+    fields: Mapping[str, Any] = {k: v[0] for k, v in parse_qs(query).items()} if "Queue" in query else {}
+    if not fields:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length:
+            body = environ["wsgi.input"].read(length)
+            environ["wsgi.input"] = io.BytesIO(body)
+            content_type = environ.get("CONTENT_TYPE") or ""
+            try:
+                if content_type.startswith("application/x-www-form-urlencoded"):
+                    fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+                else:
+                    parsed = json.loads(body or b"null")
+                    fields = parsed if isinstance(parsed, dict) else {}
+            except ValueError:
+                fields = {}
+    value = fields.get("QueueUrl") or fields.get("QueueName")
+    return queue_name(value) if isinstance(value, str) else None
+
+
 def request_region(environ: Mapping[str, Any], default: str) -> str:
     """The region of a SigV4-signed request (from its credential scope), else ``default``."""
     auth = str(environ.get("HTTP_AUTHORIZATION") or "")
@@ -125,6 +161,7 @@ class EmulatorApp:
         started = time.monotonic()
         service, action = identify_request(environ)
         internal = environ.get(_INTERNAL_ENVIRON) == "1"
+        queue = request_queue(environ) if service == "sqs" else None
         if not internal:
             fault = self.faults.match(service, action)
             if fault is not None:
@@ -137,6 +174,7 @@ class EmulatorApp:
                     internal=False,
                     started=started,
                     fault_id=fault.fault_id,
+                    queue=queue,
                 )
                 return [body]
         environ[ENGINE_ENVIRON_KEY] = self.engine
@@ -160,10 +198,10 @@ class EmulatorApp:
                 if service == "sqs" and action == "CreateQueue":
                     fast_scan_queues(self.account_id, region)
         except Exception:
-            self.log.record(service, action, 500, internal=internal, started=started)
+            self.log.record(service, action, 500, internal=internal, started=started, queue=queue)
             raise
         status = statuses[-1] if statuses else 0
-        self.log.record(service, action, status, internal=internal, started=started)
+        self.log.record(service, action, status, internal=internal, started=started, queue=queue)
         return cast("Iterable[bytes]", result)
 
     def _backend_app(self, environ: dict[str, Any], service: str) -> Any:
@@ -220,15 +258,16 @@ class EmulatorApp:
     def _route(self, method: str, route: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         include_internal = query.get("include_internal", "").lower() in ("1", "true")
         service = query.get("service") or None
+        queue = query.get("queue") or None
         if route == "health" and method == "GET":
             return 200, {"status": "ok", "region": self.region, "account_id": self.account_id}
         if route == "requests":
             if method == "GET":
-                return 200, {"requests": self.log.records(service, include_internal)}
+                return 200, {"requests": self.log.records(service, include_internal, queue)}
             if method == "DELETE":
                 return 200, {"cleared": self.log.clear()}
         if route == "request-counts" and method == "GET":
-            return 200, {"counts": self.log.counts(service, include_internal)}
+            return 200, {"counts": self.log.counts(service, include_internal, queue)}
         if route == "faults":
             if method == "GET":
                 return 200, {"faults": self.faults.list()}

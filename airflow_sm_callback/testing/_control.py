@@ -44,6 +44,8 @@ class RequestRecord(TypedDict):
     internal: bool
     #: The injected fault that answered it, if any.
     fault_id: str | None
+    #: The name of the SQS queue it named (``QueueUrl``, or ``QueueName`` to create one), if any.
+    queue: str | None
 
 
 class ControlEndpoints:
@@ -93,32 +95,47 @@ class ControlEndpoints:
 
     # ------------------------------------------------------------------ request log
 
-    def requests(self, service: str | None = None, *, include_internal: bool = False) -> list[RequestRecord]:
+    def requests(
+        self, service: str | None = None, *, include_internal: bool = False, queue: str | None = None
+    ) -> list[RequestRecord]:
         """
         The AWS requests served so far, oldest first (the last 200 000 are kept).
 
         :param service: only this service (``"sqs"``, ``"sagemaker"``...).
         :param include_internal: include the requests of this class's own helpers.
+        :param queue: only the SQS requests that name this queue (its URL or name).
         :return: the records.
         """
-        query = {"include_internal": "1" if include_internal else "0"}
-        if service:
-            query["service"] = service
+        query = self._request_query(service, include_internal, queue)
         records: list[RequestRecord] = self._control("GET", "requests", query=query)["requests"]
         return records
 
-    def request_counts(self, service: str | None = None, *, include_internal: bool = False) -> Counter[str]:
+    def request_counts(
+        self, service: str | None = None, *, include_internal: bool = False, queue: str | None = None
+    ) -> Counter[str]:
         """
         How many requests were served, by action (exact, however many).
 
+        A request is logged once answered: a long poll that a client gave up on (its task
+        cancelled, its process ended) is counted when the emulator ends it, up to 20 s later.
+        Tests that share an emulator count one queue's requests with ``queue``.
+
         :param service: only this service.
         :param include_internal: include the requests of this class's own helpers.
+        :param queue: only the SQS requests that name this queue (its URL or name).
         :return: action to count.
         """
+        query = self._request_query(service, include_internal, queue)
+        return Counter(self._control("GET", "request-counts", query=query)["counts"])
+
+    @staticmethod
+    def _request_query(service: str | None, include_internal: bool, queue: str | None) -> dict[str, str]:
         query = {"include_internal": "1" if include_internal else "0"}
         if service:
             query["service"] = service
-        return Counter(self._control("GET", "request-counts", query=query)["counts"])
+        if queue:
+            query["queue"] = queue
+        return query
 
     def clear_requests(self) -> None:
         """Forget the request log."""

@@ -315,6 +315,54 @@ def test_long_polling_is_woken_by_a_callback_message(
     assert time.monotonic() - started < 5
 
 
+def test_requests_are_counted_by_the_queue_they_name(emulator: CallbackEmulator, sqs: Any) -> None:
+    """
+    Each SQS request is logged with the queue it names, in either protocol: another poller's
+    long poll, answered while a test counts (an earlier test's, abandoned by its client, is
+    answered up to 20 s later), is not counted for the test's queue.
+    """
+    import threading
+    import urllib.request
+
+    mine = emulator.create_queue(f"mine-{uuid.uuid4().hex[:12]}")
+    other = emulator.create_queue(f"other-{uuid.uuid4().hex[:12]}")
+    emulator.clear_requests()
+    abandoned = threading.Thread(
+        target=lambda: sqs.receive_message(QueueUrl=other, WaitTimeSeconds=2), daemon=True
+    )
+    abandoned.start()
+    sqs.receive_message(QueueUrl=mine, WaitTimeSeconds=0)
+    sqs.send_message(QueueUrl=mine, MessageBody="hello")
+    # The query protocol: the queue in a form-encoded body.
+    request = urllib.request.Request(
+        mine,
+        data=f"Action=ReceiveMessage&Version=2012-11-05&QueueUrl={mine}".encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+            "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20250101/us-east-1/sqs/aws4_request, "
+            "SignedHeaders=host, Signature=0",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        assert b"hello" in response.read()
+    abandoned.join(10)
+
+    assert emulator.request_counts("sqs", queue=mine) == {"ReceiveMessage": 2, "SendMessage": 1}
+    name = mine.rsplit("/", 1)[-1]
+    assert emulator.request_counts("sqs", queue=name) == {"ReceiveMessage": 2, "SendMessage": 1}
+    assert emulator.request_counts("sqs", queue=other) == {"ReceiveMessage": 1}
+    assert emulator.request_counts("sqs") == {"ReceiveMessage": 3, "SendMessage": 1}
+    assert {r["queue"] for r in emulator.requests("sqs", queue=mine)} == {name}
+    assert [r["action"] for r in emulator.requests(queue=other)] == ["ReceiveMessage"]
+    created = f"new-{uuid.uuid4().hex[:12]}"
+    sqs.create_queue(QueueName=created)
+    sqs.list_queues()
+    assert emulator.request_counts(queue=created) == {"CreateQueue": 1}
+    assert [r["queue"] for r in emulator.requests("sqs") if r["action"] == "ListQueues"] == [None]
+
+
 def test_query_protocol_requests_are_logged_and_faulted_in_xml(
     emulator: CallbackEmulator, queue_url: str
 ) -> None:

@@ -333,7 +333,7 @@ def test_throttling_is_retried(
     start(emulator, callback_queue)
     emulator.inject_fault("sqs", "ReceiveMessage", code="ThrottlingException", count=2)
     callback = receive_one(call, hook, callback_queue)
-    assert emulator.request_counts("sqs")["ReceiveMessage"] == 3
+    assert emulator.request_counts("sqs", queue=callback_queue)["ReceiveMessage"] == 3
     assert callback.receive_count == 1
 
 

@@ -198,7 +198,7 @@ async def test_a_watcher_s_messages_are_deleted_only_once_its_asset_event_is_dur
             # Not deleted on the word of the event: hidden, then deleted once the hold ended.
             assert len(left) == 2
             assert all(m.get("InFlight") for m in left)
-            assert emulator.request_counts("sqs").get("DeleteMessageBatch", 0) == 0
+            assert emulator.request_counts("sqs", queue=callback_queue).get("DeleteMessageBatch", 0) == 0
             assert await queue_empty_within(emulator, callback_queue, 40)
         else:
             assert left == []
@@ -245,10 +245,10 @@ async def test_shared_stream_routes_each_callback_to_its_own_trigger(
             assert fired.event.payload["receipt_handles"]
         # Before the tasks resume nothing matched is deleted: the persist keeps them hidden.
         await asyncio.sleep(1.8)
-        assert emulator.request_counts("sqs")["DeleteMessageBatch"] == 0
+        assert emulator.request_counts("sqs", queue=callback_queue)["DeleteMessageBatch"] == 0
         assert len(emulator.queue_messages(callback_queue)) == 15
         await harness.wait_for_resumes()
-        counts = emulator.request_counts("sqs")
+        counts = emulator.request_counts("sqs", queue=callback_queue)
         # One poll loop: the receives are the producer's, not one per trigger.
         assert counts["ReceiveMessage"] <= 12
         assert counts["DeleteMessageBatch"] >= 12  # each task deletes its own
@@ -274,14 +274,14 @@ async def test_shared_stream_never_deletes_an_unconfirmed_claim(
             assert not harness.failures
             (held,) = emulator.queue_messages(callback_queue)
             assert held.get("InFlight")
-            assert emulator.request_counts("sqs").get("DeleteMessageBatch", 0) == 0
+            assert emulator.request_counts("sqs", queue=callback_queue).get("DeleteMessageBatch", 0) == 0
             return
         assert 1 in harness.failures  # the ack timeout failed the trigger
     # Not deleted, and handed back at once for redelivery (a poll already under way when the
     # stream stopped may have taken it again: it then comes back when that visibility ends).
     (message,) = emulator.queue_messages(callback_queue)
     assert message["Attributes"]["ApproximateReceiveCount"] in {"1", "2"}
-    counts = emulator.request_counts("sqs")
+    counts = emulator.request_counts("sqs", queue=callback_queue)
     assert counts["DeleteMessageBatch"] == 0
     assert counts["ChangeMessageVisibilityBatch"] >= 1
 
@@ -397,8 +397,8 @@ async def test_shared_stream_idle_is_one_long_poll(
         await asyncio.sleep(21.5)
         receives = [
             r
-            for r in emulator.requests("sqs")
-            # Requests of this test only (an earlier test's abandoned long poll may answer now).
+            for r in emulator.requests("sqs", queue=callback_queue)
+            # Made since the triggers started (their own queue: see the emulator's request log).
             if r["action"] == "ReceiveMessage" and r["time"] - r["duration"] >= started
         ]
         # One 20-second long poll returned, the next is under way: not fifty of each.
@@ -652,14 +652,14 @@ async def test_the_stream_deletes_handed_on_messages_in_batches_once_the_tasks_s
             assert fired.event.payload["receipt_handles"]
         # Persisted, the tasks not resumed yet: every message hidden, none deleted.
         await asyncio.sleep(2)
-        assert emulator.request_counts("sqs").get("DeleteMessageBatch", 0) == 0
+        assert emulator.request_counts("sqs", queue=callback_queue).get("DeleteMessageBatch", 0) == 0
         held = emulator.queue_messages(callback_queue)
         assert len(held) == 25
         assert all(m.get("InFlight") for m in held)
         await harness.wait_for_resumes(within=60)
     assert emulator.queue_messages(callback_queue) == []
     # The tasks deleted nothing themselves: the stream did, ten a request.
-    assert emulator.request_counts("sqs")["DeleteMessageBatch"] <= 5
+    assert emulator.request_counts("sqs", queue=callback_queue)["DeleteMessageBatch"] <= 5
 
 
 @pytest.mark.parametrize("state", ["success", "skipped"])
@@ -676,7 +676,7 @@ async def test_a_task_s_messages_stay_hidden_until_it_succeeds(
         await asyncio.sleep(7)  # the stream looked at the task at least twice
         (held,) = emulator.queue_messages(callback_queue)
         assert held.get("InFlight")
-        assert emulator.request_counts("sqs").get("DeleteMessageBatch", 0) == 0
+        assert emulator.request_counts("sqs", queue=callback_queue).get("DeleteMessageBatch", 0) == 0
         harness.set_task_state(owner, state)
         assert await queue_empty_within(emulator, callback_queue, 30)
 
@@ -709,7 +709,11 @@ async def test_a_failed_delete_of_handed_on_messages_is_made_again(
             assert left.get("InFlight")
         assert await queue_empty_within(emulator, callback_queue, 40)
     assert len(harness.events) == 1
-    deletes = [r["status"] for r in emulator.requests("sqs") if r["action"] == "DeleteMessageBatch"]
+    deletes = [
+        r["status"]
+        for r in emulator.requests("sqs", queue=callback_queue)
+        if r["action"] == "DeleteMessageBatch"
+    ]
     # Transient: deleted by the next attempt within 40 s, long before its 300-second hold ends.
     assert deletes == ([500] * 6 + [200] if error == "transient" else [400, 200])
 
@@ -795,7 +799,7 @@ async def test_what_no_trigger_here_claims_goes_back_once_they_walked_it_not_aft
             await asyncio.sleep(0.1)
         # Back on the queue within seconds, long before the claimed event persists (8 s).
         assert [json.loads(m["Body"])["pipelineExecutionArn"] for m in visible] == [theirs]
-        assert emulator.request_counts("sqs").get("DeleteMessageBatch", 0) == 0
+        assert emulator.request_counts("sqs", queue=callback_queue).get("DeleteMessageBatch", 0) == 0
 
 
 async def test_a_task_deferred_again_gets_its_callback_in_another_triggerer_before_the_hold_ends(
@@ -914,9 +918,9 @@ async def test_a_stream_whose_triggers_all_fired_receives_nothing_more(
         ]
         assert not left.get("InFlight")
         assert int(left["Attributes"]["ApproximateReceiveCount"]) <= 1
-        assert emulator.request_counts("sqs").get("ReceiveMessage", 0) <= 1
+        assert emulator.request_counts("sqs", queue=callback_queue).get("ReceiveMessage", 0) <= 1
         await asyncio.sleep(3)
-        assert emulator.request_counts("sqs").get("ReceiveMessage", 0) <= 1
+        assert emulator.request_counts("sqs", queue=callback_queue).get("ReceiveMessage", 0) <= 1
         # A trigger that waits again makes it receive.
         harness.add(2, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=theirs))
         assert await harness.wait_for_events(2, within=20)

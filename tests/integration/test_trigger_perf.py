@@ -153,7 +153,7 @@ async def test_burst_on_a_shared_stream_reaches_every_trigger_once(
             )
         assert await harness.wait_for_events(len(arns), within=60)
         await asyncio.sleep(2)
-        counts = emulator.request_counts("sqs")
+        counts = emulator.request_counts("sqs", queue=callback_queue)
         # The stream hides what it handed on, in batches; it deletes nothing the tasks need.
         assert counts["ChangeMessageVisibilityBatch"] <= 15
         await harness.wait_for_resumes()
@@ -164,4 +164,6 @@ async def test_burst_on_a_shared_stream_reaches_every_trigger_once(
         assert fired[i]["pipeline_execution_arn"] == arn
         assert re.escape(fired[i]["token"]) in masker.patterns
     assert emulator.queue_messages(callback_queue) == []
-    assert emulator.request_counts("sqs")["DeleteMessageBatch"] == len(arns)  # one per task
+    assert emulator.request_counts("sqs", queue=callback_queue)["DeleteMessageBatch"] == len(
+        arns
+    )  # one per task
