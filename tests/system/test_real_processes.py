@@ -68,7 +68,7 @@ def test_concurrent_runs_each_get_their_own_callback(
         assert outputs == [{"Name": "echo", "Value": "score"}]
     # The triggerer deletes the messages once the sensors succeeded, many at a time.
     assert queue_empty_within(emulator, callback_queue, 60)
-    counts = emulator.request_counts("sqs")
+    counts = emulator.request_counts("sqs", queue=callback_queue)
     # The triggers share one poll loop: far fewer receives than waits times polls.
     assert counts["ReceiveMessage"] < 6 * count, counts
     logs = stack.logs()
