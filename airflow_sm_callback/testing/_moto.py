@@ -9,7 +9,7 @@ and the public alternative, if any:
 
 - :class:`FastScanQueue` and :func:`fast_scans`: a subclass of moto's ``Queue`` put in place of
   a queue's class, reading ``Queue._messages``, for cheap scans and a long poll that gives up
-  :data:`~._lock.MOTO_LOCK` while it waits;
+  :data:`~._lock.MOTO_LOCK` while it waits and wakes when a hidden message becomes visible;
 - :func:`all_messages`: every message of a queue, without receiving it (``Queue._messages``);
 - :func:`purge_now`: moto's ``SQSBackend.purge_queue`` without its once-a-minute limit.
 
@@ -77,7 +77,9 @@ class FastScanQueue(Queue):
     reads the clock once and compares the numbers ``Message.visible`` and ``Message.delayed``
     compare, and :attr:`attributes` counts all three in that one scan; otherwise it is moto's
     property, line for line (a test and :func:`check_moto` compare the two). A long poll gives
-    up :data:`~._lock.MOTO_LOCK` while it waits in :meth:`wait_for_messages`.
+    up :data:`~._lock.MOTO_LOCK` while it waits in :meth:`wait_for_messages`, and wakes when a
+    hidden or delayed message becomes visible, as SQS answers a long poll as soon as a message
+    is available (moto wakes it on a send, else once a second).
 
     Written against moto 5.2.5. Public alternative: none; moto's queue has no hook for its
     scans and ``SQSBackend.create_queue`` always makes a plain ``Queue``.
@@ -89,9 +91,32 @@ class FastScanQueue(Queue):
         return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
 
     def wait_for_messages(self, timeout: int) -> None:
-        # A long poll waiting for messages lets every other request through.
+        # A long poll waiting for messages lets every other request through, and wakes when the
+        # first hidden or delayed message becomes visible. moto wakes it on a send only, else
+        # after ``timeout`` (1 s): a poller that handed a message back for whole seconds and
+        # polled again at once woke exactly when it came back, before every poll that waited
+        # already, and so received it again and again.
+        # A message back just after ``timeout`` is waited for too: a wait that ended a moment
+        # before it would leave it to the polls that look then.
+        wait = self._seconds_to_next_visible()
+        if wait > timeout + 0.1:
+            wait = float(timeout)
         with MOTO_LOCK.released():
-            super().wait_for_messages(timeout)
+            super().wait_for_messages(wait)
+
+    def _seconds_to_next_visible(self) -> float:
+        """Seconds until the first message that is not visible now becomes so (inf: none)."""
+        now = unix_time_millis()
+        first = min(
+            (
+                max(m.visible_at, m.delayed_until)
+                for m in self._messages
+                if not (now > m.visible_at and not now < m.delayed_until)
+            ),
+            default=None,
+        )
+        # ``visible`` is ``now > visible_at``: one millisecond after it.
+        return float("inf") if first is None else max(0.001, (first - now + 1) / 1000)
 
     def _counts(self) -> dict[str, int]:
         now = unix_time_millis()

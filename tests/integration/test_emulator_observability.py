@@ -315,6 +315,60 @@ def test_long_polling_is_woken_by_a_callback_message(
     assert time.monotonic() - started < 5
 
 
+def test_a_long_poll_is_answered_when_a_hidden_message_comes_back(sqs: Any, queue_url: str) -> None:
+    """
+    As SQS answers a long poll once a message is available: a poll that waits when a received
+    message's visibility timeout ends gets it then, not at its next once-a-second look (moto's).
+    """
+    sqs.send_message(QueueUrl=queue_url, MessageBody="back")
+    received = time.monotonic()
+    assert len(sqs.receive_message(QueueUrl=queue_url, VisibilityTimeout=2)["Messages"]) == 1
+    time.sleep(0.9)  # moto's looks would come at 1.9 and 2.9 s
+    messages = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=10)["Messages"]
+    assert [m["Body"] for m in messages] == ["back"]
+    assert time.monotonic() - received < 2.7
+
+
+def test_a_poller_that_hands_a_message_back_does_not_always_get_it_again(
+    emulator: CallbackEmulator, queue_url: str
+) -> None:
+    """
+    Two pollers long-poll one queue; one hands the message back for whole seconds and polls again
+    at once. The one that waited already gets it too: its wait does not tick out of step.
+    """
+    import threading
+
+    waiting = emulator.client("sqs", config=NO_RETRY)
+    handing_back = emulator.client("sqs", config=NO_RETRY)
+    handing_back.send_message(QueueUrl=queue_url, MessageBody="shared")
+    got = {"waiting": 0, "handing_back": 0}
+    done = threading.Event()
+
+    def wait() -> None:
+        while not done.is_set():
+            for m in waiting.receive_message(QueueUrl=queue_url, WaitTimeSeconds=2).get("Messages", []):
+                got["waiting"] += 1
+                waiting.change_message_visibility(
+                    QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=1
+                )
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    try:
+        while got["handing_back"] < 10:
+            for m in handing_back.receive_message(QueueUrl=queue_url, WaitTimeSeconds=20).get("Messages", []):
+                got["handing_back"] += 1
+                handing_back.change_message_visibility(
+                    QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=1
+                )
+    finally:
+        done.set()
+        thread.join(5)
+    # With moto's once-a-second looks the poller that handed it back got it every time; evenly,
+    # the waiting one would miss all of 10 rounds one time in a thousand.
+    assert got["waiting"] >= 1, got
+
+
 def test_requests_are_counted_by_the_queue_they_name(emulator: CallbackEmulator, sqs: Any) -> None:
     """
     Each SQS request is logged with the queue it names, in either protocol: another poller's
