@@ -67,7 +67,14 @@ def requested(
         state = stack.task_instances(dag_id, run_id).get(task_id, {}).get("state")
         if state == "deferred":
             try:
-                return stack.request("GET", hitl_path(dag_id, run_id, task_id))
+                found = stack.request("GET", hitl_path(dag_id, run_id, task_id))
+                # An answer within a second of the deferral resumes the task before the scheduler
+                # has seen the deferring process end, and Airflow's LocalExecutor then fails it
+                # ("finished with state success, but the task instance's state attribute is
+                # queued"; the race the sensor's resume hold avoids, docs/reliability.md). A person
+                # answers later; the approval trigger holds no resume hold yet.
+                time.sleep(3)
+                return found
             except urllib.error.HTTPError as err:
                 if err.code != 404:
                     raise
