@@ -83,17 +83,25 @@ def identify_request(environ: dict[str, Any]) -> tuple[str, str]:
             return service or "unknown", actions[0]
     content_type = environ.get("CONTENT_TYPE") or ""
     if content_type.startswith("application/x-www-form-urlencoded"):
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length:
-            body = environ["wsgi.input"].read(length)
-            environ["wsgi.input"] = io.BytesIO(body)
+        body = buffered_body(environ)
+        if body:
             actions = parse_qs(body.decode("utf-8", "replace")).get("Action")
             if actions:
                 return service or "unknown", actions[0]
     return service or "unknown", f"{environ.get('REQUEST_METHOD', 'GET')} {environ.get('PATH_INFO', '/')}"
+
+
+def buffered_body(environ: dict[str, Any]) -> bytes:
+    """A request's body (``CONTENT_LENGTH`` bytes), put back as a buffer for moto to read again."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if not length:
+        return b""
+    body: bytes = environ["wsgi.input"].read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
 
 
 def request_queue(environ: dict[str, Any]) -> str | None:
@@ -105,13 +113,8 @@ def request_queue(environ: dict[str, Any]) -> str | None:
     query = environ.get("QUERY_STRING") or ""
     fields: Mapping[str, Any] = {k: v[0] for k, v in parse_qs(query).items()} if "Queue" in query else {}
     if not fields:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length:
-            body = environ["wsgi.input"].read(length)
-            environ["wsgi.input"] = io.BytesIO(body)
+        body = buffered_body(environ)
+        if body:
             content_type = environ.get("CONTENT_TYPE") or ""
             try:
                 if content_type.startswith("application/x-www-form-urlencoded"):
@@ -247,13 +250,8 @@ class EmulatorApp:
 
     @staticmethod
     def _json_body(environ: dict[str, Any]) -> Any:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if not length:
-            return None
-        return json.loads(environ["wsgi.input"].read(length) or b"null")
+        body = buffered_body(environ)
+        return json.loads(body) if body else None
 
     def _route(self, method: str, route: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         include_internal = query.get("include_internal", "").lower() in ("1", "true")
