@@ -28,7 +28,7 @@ from ._faults import FaultRegistry, fault_response, status_line
 from ._lock import MOTO_LOCK
 from ._request_log import RequestLog, queue_name
 from ._sagemaker import ENGINE_ENVIRON_KEY, create_app
-from ._sqs import fast_scan_queues, peek_queue, purge_queue
+from ._sqs import fast_scan_queues, peek_queue, purge_queue, visibility_changed
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -47,6 +47,8 @@ _INTERNAL_ENVIRON: Final = "HTTP_X_EMULATOR_INTERNAL"
 CONTROL_PREFIX: Final = "/_emulator/"
 
 _TARGET_PREFIX_SERVICES: Final = {"AmazonSQS": "sqs", "SageMaker": "sagemaker"}
+#: SQS actions after which the queue's waiting long polls look again at when to wake.
+_VISIBILITY_ACTIONS: Final = frozenset({"ChangeMessageVisibility", "ChangeMessageVisibilityBatch"})
 
 StartResponse = Callable[..., Any]
 
@@ -200,6 +202,8 @@ class EmulatorApp:
                 result = self._backend_app(environ, service)(environ, capture)
                 if service == "sqs" and action == "CreateQueue":
                     fast_scan_queues(self.account_id, region)
+                if service == "sqs" and action in _VISIBILITY_ACTIONS and queue is not None:
+                    visibility_changed(self.account_id, region, queue)
         except Exception:
             self.log.record(service, action, 500, internal=internal, started=started, queue=queue)
             raise

@@ -27,6 +27,7 @@ import functools
 import importlib.metadata
 import inspect
 import json
+import random
 from collections.abc import Callable, Mapping
 from typing import Any, Final, cast
 
@@ -51,6 +52,9 @@ __all__ = [
     "purge_now",
 ]
 
+#: Seconds over which the long polls that wait for the same message to come back wake, at random:
+#: the first awake gets it.
+TIE_SPREAD: Final = 0.02
 #: The moto release this module was written against.
 MOTO_WRITTEN_AGAINST: Final = "5.2.5"
 #: The werkzeug release this module was written against.
@@ -79,7 +83,10 @@ class FastScanQueue(Queue):
     property, line for line (a test and :func:`check_moto` compare the two). A long poll gives
     up :data:`~._lock.MOTO_LOCK` while it waits in :meth:`wait_for_messages`, and wakes when a
     hidden or delayed message becomes visible, as SQS answers a long poll as soon as a message
-    is available (moto wakes it on a send, else once a second).
+    is available (moto wakes it on a send, else once a second); every waiting poll wakes then,
+    each at a random moment within :data:`TIE_SPREAD`, so that which gets the message is left to
+    chance, as with SQS. It reads moto's ``Queue._messages_lock``, the condition moto's own
+    ``wait_for_messages`` waits on and ``add_message`` notifies.
 
     Written against moto 5.2.5. Public alternative: none; moto's queue has no hook for its
     scans and ``SQSBackend.create_queue`` always makes a plain ``Queue``.
@@ -90,6 +97,10 @@ class FastScanQueue(Queue):
         now = unix_time_millis()
         return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
 
+    #: Goes up each time a message's visibility changes or a message is added: a long poll that
+    #: waits then looks again at when the first hidden message comes back.
+    _visibility_changes: int = 0
+
     def wait_for_messages(self, timeout: int) -> None:
         # A long poll waiting for messages lets every other request through, and wakes when the
         # first hidden or delayed message becomes visible. moto wakes it on a send only, else
@@ -97,12 +108,30 @@ class FastScanQueue(Queue):
         # polled again at once woke exactly when it came back, before every poll that waited
         # already, and so received it again and again.
         # A message back just after ``timeout`` is waited for too: a wait that ended a moment
-        # before it would leave it to the polls that look then.
+        # before it would leave it to the polls that look then. A visibility changed meanwhile
+        # (:meth:`visibility_changed`) ends the wait, so that every waiting poll wakes when the
+        # message comes back, not only the one that started last; which of them gets it is left
+        # to chance (SQS does not say which waiting poll it answers).
         wait = self._seconds_to_next_visible()
         if wait > timeout + 0.1:
             wait = float(timeout)
-        with MOTO_LOCK.released():
-            super().wait_for_messages(wait)
+        else:
+            wait += random.uniform(0.0, TIE_SPREAD)
+        changes = self._visibility_changes
+        lock = self._messages_lock
+        with MOTO_LOCK.released(), lock:
+            lock.wait_for(lambda: self.messages or self._visibility_changes != changes, timeout=wait)
+
+    def visibility_changed(self) -> None:
+        """A message's visibility changed: the waiting long polls look again at when to wake."""
+        with self._messages_lock:
+            self._visibility_changes += 1
+            self._messages_lock.notify_all()
+
+    def add_message(self, message: Any) -> None:
+        super().add_message(message)
+        if message.delayed:
+            self.visibility_changed()
 
     def _seconds_to_next_visible(self) -> float:
         """Seconds until the first message that is not visible now becomes so (inf: none)."""
@@ -327,6 +356,22 @@ def _check_wait_for_messages(surface: MotoSurface) -> str | None:
     return None if _accepts(method, None, 1) else "no longer takes (timeout)"
 
 
+def _check_messages_lock(surface: MotoSurface) -> str | None:
+    value = getattr(_probe_queue(surface), "_messages_lock", None)
+    if value is None:
+        return "a new queue has no _messages_lock attribute"
+    if not all(callable(getattr(value, name, None)) for name in ("wait_for", "notify_all", "__enter__")):
+        return f"is a {type(value).__name__}, not a threading.Condition"
+    return None
+
+
+def _check_add_message(surface: MotoSurface) -> str | None:
+    method = getattr(surface.queue, "add_message", None)
+    if not callable(method):
+        return "missing"
+    return None if _accepts(method, None, None) else "no longer takes (message)"
+
+
 def _check_receive_waits(surface: MotoSurface) -> str | None:
     if "wait_for_messages" in _code_names(getattr(surface.sqs_backend, "receive_message", None)):
         return None
@@ -435,6 +480,16 @@ _RELIANCES: Final = (
         f"{_QUEUE}.wait_for_messages",
         "gives up the lock on moto's state while a long poll waits (FastScanQueue)",
         _check_wait_for_messages,
+    ),
+    _Reliance(
+        f"{_QUEUE}._messages_lock",
+        "waits on and notifies the condition of a queue's long polls (FastScanQueue)",
+        _check_messages_lock,
+    ),
+    _Reliance(
+        f"{_QUEUE}.add_message",
+        "wakes the waiting long polls when a delayed message is added (FastScanQueue)",
+        _check_add_message,
     ),
     _Reliance(
         "moto.sqs.models.SQSBackend.receive_message",

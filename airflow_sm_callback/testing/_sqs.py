@@ -20,7 +20,14 @@ from moto.sqs.models import sqs_backends
 from ._lock import MOTO_LOCK
 from ._moto import all_messages, fast_scans, purge_now
 
-__all__ = ["fast_scan_queues", "parse_queue_url", "peek_queue", "purge_queue", "send_to_queue"]
+__all__ = [
+    "fast_scan_queues",
+    "parse_queue_url",
+    "peek_queue",
+    "purge_queue",
+    "send_to_queue",
+    "visibility_changed",
+]
 
 _SQS_HOST_RE: Final = re.compile(r"^sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 _LEGACY_SQS_HOST_RE: Final = re.compile(r"^([a-z0-9-]+)\.queue\.amazonaws\.com(?:\.cn)?$")
@@ -60,6 +67,17 @@ def fast_scan_queues(account_id: str, region: str) -> None:
     backend = sqs_backends[account_id][region]
     for queue in list(backend.queues.values()):
         fast_scans(queue)
+
+
+def visibility_changed(account_id: str, region: str, name: str) -> None:
+    """
+    Wake the long polls waiting on a queue once a ``ChangeMessageVisibility`` was answered: each
+    looks again at when the first hidden message comes back (see
+    :meth:`~._moto.FastScanQueue.visibility_changed`). Call it under :data:`~._lock.MOTO_LOCK`.
+    """
+    queue = sqs_backends[account_id][region].queues.get(name)
+    if queue is not None:
+        fast_scans(queue).visibility_changed()
 
 
 def _backend_and_queue(queue_url: str, default_region: str) -> tuple[Any, Any]:

@@ -47,6 +47,8 @@ def test_installed_moto_passes_and_every_private_name_is_checked() -> None:
         "moto.sqs.models.Queue._messages",
         "moto.sqs.models.Queue.__class__",
         "moto.sqs.models.Queue.wait_for_messages",
+        "moto.sqs.models.Queue._messages_lock",
+        "moto.sqs.models.Queue.add_message",
         "moto.sqs.models.Queue.last_purged_at",
         "moto.sqs.models.Message.visible_at / delayed_until",
         "werkzeug.serving.WSGIRequestHandler.run_wsgi",
@@ -60,7 +62,7 @@ def test_installed_moto_passes_and_every_private_name_is_checked() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.Attribute) and _is_private(node.attr) and node.attr not in own
     }
-    assert used == {"_messages"}
+    assert used == {"_messages", "_messages_lock"}
     assert all(any(f".{name}" in entry for entry in checked) for name in used)
 
 
@@ -123,6 +125,12 @@ class QueueWithoutMessages(Queue):
         del self._messages
 
 
+class QueueWithoutMessagesLock(Queue):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        del self._messages_lock
+
+
 class QueueWithoutWait(Queue):
     wait_for_messages = None
 
@@ -165,6 +173,13 @@ class ResponseWithoutParsedParams(SageMakerResponse):
             "a new queue has no _messages attribute",
             "FastScanQueue's scans",
             id="Queue._messages",
+        ),
+        pytest.param(
+            MotoSurface(queue=QueueWithoutMessagesLock),
+            "moto.sqs.models.Queue._messages_lock",
+            "a new queue has no _messages_lock attribute",
+            "the condition of a queue's long polls",
+            id="Queue._messages_lock",
         ),
         pytest.param(
             MotoSurface(queue=QueueWithoutWait),

@@ -369,6 +369,41 @@ def test_a_poller_that_hands_a_message_back_does_not_always_get_it_again(
     assert got["waiting"] >= 1, got
 
 
+def test_a_waiting_long_poll_is_answered_when_a_message_is_handed_back_at_once(
+    emulator: CallbackEmulator, queue_url: str
+) -> None:
+    """
+    As SQS answers a waiting long poll as soon as a message is available: a poll that waits
+    already when another poller hands a message back with no delay gets it then, not at its next
+    once-a-second look (the poll started while the message was hidden for 30 s).
+    """
+    import threading
+
+    waiting = emulator.client("sqs", config=NO_RETRY)
+    handing_back = emulator.client("sqs", config=NO_RETRY)
+    handing_back.send_message(QueueUrl=queue_url, MessageBody="shared")
+    (message,) = handing_back.receive_message(QueueUrl=queue_url, VisibilityTimeout=30)["Messages"]
+    answered: dict[str, Any] = {}
+
+    def wait() -> None:
+        answered["messages"] = waiting.receive_message(QueueUrl=queue_url, WaitTimeSeconds=5).get(
+            "Messages", []
+        )
+        answered["at"] = time.monotonic()
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    time.sleep(0.3)  # the poll waits, looking at the queue from the next second on
+    handed_back = time.monotonic()
+    handing_back.change_message_visibility(
+        QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+    )
+    thread.join(10)
+    assert [m["Body"] for m in answered["messages"]] == ["shared"]
+    # Its next look would have come about 0.7 s after the hand-back.
+    assert answered["at"] - handed_back < 0.4
+
+
 def test_requests_are_counted_by_the_queue_they_name(emulator: CallbackEmulator, sqs: Any) -> None:
     """
     Each SQS request is logged with the queue it names, in either protocol: another poller's
