@@ -27,6 +27,7 @@ from airflow_sm_callback.hooks.errors import describe_error, is_transient
 from airflow_sm_callback.protocol import routing
 from airflow_sm_callback.triggers import _process
 from airflow_sm_callback.triggers.desk import CallbackBatch, StreamDesk
+from airflow_sm_callback.triggers.writes import QueueWrites
 from airflow_sm_callback.utils.aws import build_hook
 
 if TYPE_CHECKING:
@@ -105,9 +106,9 @@ class CallbackStreamProducer(SharedStreamProducer):
         self._receiver: asyncio.Task[None] | None = None
         self._received: asyncio.Queue[Any] | None = None
         self._draining = False
-        #: Orders the heartbeat's visibility changes with the advances' (a hold set in advance()
-        #: must not be overwritten by a heartbeat request still under way).
-        self._visibility = asyncio.Lock()
+        #: Deletes and visibility changes, in order and grouped: a hold set in advance() goes
+        #: after a heartbeat's change of the same message already under way.
+        self._writes = QueueWrites(lambda: self.desk.hook, self.queue_url)
         #: Batches being settled (kept referenced until done).
         self._settling: set[asyncio.Task[None]] = set()
 
@@ -209,20 +210,39 @@ class CallbackStreamProducer(SharedStreamProducer):
 
     async def _drain(self, out: asyncio.Queue[Any]) -> None:
         """
-        A receive came back full: ``BURST_RECEIVES`` receivers at once, each receiving without
-        waiting until one of its receives comes back short.
+        A receive came back full: receive without waiting, with one more receiver for every
+        receive that comes back full (at most ``BURST_RECEIVES``), until one comes back short.
+        Each receiver in flight then costs one short receive: a large burst is drained by eight
+        at once, and the few messages another triggerer just handed back cost one or two.
         """
+        assert self._state is not None
+        state = self._state
+        loop = asyncio.get_running_loop()
+        receivers: set[asyncio.Task[None]] = set()
+        short = False
 
         async def receiver() -> None:
-            assert self._state is not None
-            while self._state.someone_waits:
+            nonlocal short
+            while not short and state.someone_waits:
                 result = await self._receive(wait_time_seconds=0)
                 await out.put(result)
                 if len(result) < SQS_BATCH_SIZE:
-                    return
+                    short = True
+                elif len(receivers) < BURST_RECEIVES:
+                    receivers.add(loop.create_task(receiver()))
 
-        outcomes = await asyncio.gather(*(receiver() for _ in range(BURST_RECEIVES)), return_exceptions=True)
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        receivers.add(loop.create_task(receiver()))
+        failures: list[BaseException] = []
+        finished: set[asyncio.Task[None]] = set()
+        try:
+            while receivers - finished:
+                done, _ = await asyncio.wait(receivers - finished)
+                finished |= done
+                failures.extend(e for t in done if (e := t.exception()) is not None)
+                short = short or bool(failures)
+        finally:
+            for task in receivers - finished:
+                task.cancel()
         if failures:
             raise next((f for f in failures if not is_transient(f)), failures[0])
 
@@ -378,36 +398,24 @@ class CallbackStreamProducer(SharedStreamProducer):
         await self._apply(decisions)
 
     async def _apply(self, decisions: Sequence[routing.Decision]) -> None:
+        # Nothing is lost when a write fails: what was not deleted comes back when its
+        # visibility runs out.
         deletes, changes = routing.visibility_changes(decisions)
-        hook = self.desk.hook
-        async with self._visibility:
-            try:
-                if deletes:
-                    await hook.adelete_messages(self.queue_url, deletes)
-                if changes:
-                    await hook.achange_visibility(self.queue_url, changes)
-            except Exception as err:
-                # Nothing is lost: undeleted messages come back when their visibility runs out.
-                hook.log.warning("Advancing %s failed: %s", self.queue_url, describe_error(err))
+        await self._writes.write(deletes, changes)
 
     async def _keep_hidden(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_AFTER / 2)
-            async with self._visibility:
-                now = time.monotonic()
-                entries = [
-                    (handle, RECEIVE_VISIBILITY)
-                    for inflight in list(self._inflight.values())
-                    if now - inflight.batch.received_at > HEARTBEAT_AFTER
-                    for delivery in self._undecided(inflight)
-                    for handle in delivery.receipt_handles
-                ]
-                if not entries:
-                    continue
-                try:
-                    await self.desk.hook.achange_visibility(self.queue_url, entries)
-                except Exception as err:
-                    self.desk.hook.log.warning("Extending visibility failed: %s", describe_error(err))
+            now = time.monotonic()
+            entries = [
+                (handle, RECEIVE_VISIBILITY)
+                for inflight in list(self._inflight.values())
+                if now - inflight.batch.received_at > HEARTBEAT_AFTER
+                for delivery in self._undecided(inflight)
+                for handle in delivery.receipt_handles
+            ]
+            if entries:
+                await self._writes.write(changes=entries)
 
     def _undecided(self, inflight: _Inflight) -> list[routing.Delivery]:
         """The deliveries of a batch not decided yet (all, or once it settled, the claimed ones)."""
@@ -455,6 +463,7 @@ class CallbackStreamProducer(SharedStreamProducer):
         try:
             if decisions:
                 await self._apply(decisions)
+            await self._writes.aclose()
         finally:
             await desk.aclose()
             _process.leave(state, id(self))

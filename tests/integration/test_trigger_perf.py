@@ -129,6 +129,31 @@ def trigger_for(queue_url: str, arn: str, **kwargs: Any) -> SageMakerCallbackTri
     )
 
 
+async def test_a_burst_just_over_one_receive_is_drained_in_a_few_receives(
+    harness_mode: str, emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+) -> None:
+    """
+    A full receive starts the drain with one receiver, one more for every full receive after:
+    15 messages cost a full receive and a short one (and the short receives of the receivers
+    in flight then), not eight receivers' worth.
+    """
+    name = unique("drain")
+    emulator.create_pipeline(name, callback_definition(callback_queue))
+    arns = [emulator.start_execution(name) for _ in range(15)]
+    emulator.clear_requests()
+    async with SharedStreamHarness(persist_delay=0.2, resume_delay=0.2) as harness:
+        for i, arn in enumerate(arns):
+            harness.add(i, trigger_for(callback_queue, arn, deadline=None))
+        assert await harness.wait_for_events(len(arns), within=30)
+        receives = emulator.request_counts("sqs", queue=callback_queue)["ReceiveMessage"]
+        await harness.wait_for_resumes()
+    assert sorted(e.event.payload["callback"]["pipeline_execution_arn"] for e in harness.events) == sorted(
+        arns
+    )
+    # Eight receivers at once made nine receives or more.
+    assert receives <= 4
+
+
 async def test_burst_on_a_shared_stream_reaches_every_trigger_once(
     harness_mode: str, emulator: CallbackEmulator, callback_queue: str, aws_conn: str, masker: Any
 ) -> None:
