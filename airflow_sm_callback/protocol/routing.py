@@ -20,6 +20,7 @@ claimed, but the hand-off failed (not persisted)          ``HAND_BACK`` at once
 not claimed, its step known to be closed                  ``DELETE`` (stale)
 not claimed, its token's task already has the callback    ``DELETE`` (landed)
 a further copy of a token handed on (another message id)  ``DELETE`` (copy), apart in :func:`sort`
+not claimed, its hand-off here released (task restarted)  ``HAND_BACK`` at once (a while)
 not claimed otherwise                                     ``HAND_BACK`` with :func:`backoff_visibility`
 malformed or foreign                                      ``HAND_BACK`` with backoff; never deleted
 ========================================================  ===========================================
@@ -176,14 +177,20 @@ class PollerEstimate:
 
     def for_message(self, message_ids: Iterable[str], receive_count: int) -> float:
         """
-        The pollers to assume for one message: the estimate, or more when the message's own
-        counts say so. A message received ``r`` times, ``m`` of them here, went to other pollers
-        ``r - m`` times: about ``r / m`` pollers share it. That is known from its second receive
-        on, before the estimate has samples (a burst of new messages, sighted first at count 1,
-        gives it none), and for one poller alone it is 1 (every receive was here).
+        The pollers to assume for one message: the estimate, or, until the estimate has settled,
+        more when the message's own counts say so. A message received ``r`` times, ``m`` of them
+        here, went to other pollers ``r - m`` times: about ``r / m`` pollers share it. That is
+        known from its second receive on, before the estimate has samples (a burst of new
+        messages, sighted first at count 1, gives it none), and for one poller alone it is 1
+        (every receive was here). Once the estimate has settled, one message's ratio is not
+        taken over it: with few receives here it reads far too high (received 40 times, 3 of
+        them here, by 4 pollers: 13), and a message nobody wants would be handed back at once
+        again and again, long after it met every poller.
         """
-        here = max((seen[2] for message_id in message_ids if (seen := self._seen.get(message_id))), default=0)
         floor = 2.0 if self.others_seen else 1.0
+        if self.samples >= self._settle:
+            return max(self.value, floor)
+        here = max((seen[2] for message_id in message_ids if (seen := self._seen.get(message_id))), default=0)
         if here <= 0:
             return max(self.value, floor)
         return max(self.value, floor, receive_count / here)
@@ -227,6 +234,9 @@ class HandOffKnowledge(Protocol):
     def landed(self, token: str) -> bool:
         """Whether the token's receiver has the callback for good (any message of it back is redundant)."""
 
+    def released(self, token: str) -> bool:
+        """Whether the token's hand-off was given back: its task was restarted and waits for it anew."""
+
 
 class NoHandOffs:
     """A caller that hands nothing on by itself (a sensor that pokes)."""
@@ -238,6 +248,9 @@ class NoHandOffs:
         return False
 
     def landed(self, token: str) -> bool:
+        return False
+
+    def released(self, token: str) -> bool:
         return False
 
 
@@ -279,6 +292,9 @@ class Knowledge:
 
     def landed(self, token: str) -> bool:
         return self.handoffs.landed(token)
+
+    def released(self, token: str) -> bool:
+        return self.handoffs.released(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,10 +486,16 @@ def decide(delivery: Delivery, claim: Claim | None, knowledge: Knowledge, *, cle
         Verdict.HAND_BACK,
         Reason.UNWANTED,
         handles,
-        seconds=backoff_visibility(
-            delivery.receive_count,
-            pollers=pollers,
-            first_here=knowledge.pollers is not None and knowledge.pollers.first_here(delivery.message_ids),
+        seconds=(
+            0
+            # Its task was restarted and waits for it anew, maybe in another process: at once.
+            if knowledge.released(token) and delivery.receive_count <= MAX_HOT_RECEIVES
+            else backoff_visibility(
+                delivery.receive_count,
+                pollers=pollers,
+                first_here=knowledge.pollers is not None
+                and knowledge.pollers.first_here(delivery.message_ids),
+            )
         ),
         came_back=knowledge.handed_on(token),
         lookup=lookup,

@@ -127,8 +127,9 @@ class StreamState:
         self.confirmer = HandOffConfirmer(
             task_states_source,
             on_idle=lambda: _drop_if_done(self),
-            # A released hand-off's messages are back on the queue: its receipt handles are stale.
-            on_release=lambda handoff: self.ledger.forget(handoff.owner),
+            # A released hand-off's messages are back on the queue: its receipt handles are stale,
+            # and when one comes here again it is handed back at once (its task waits elsewhere).
+            on_release=self.ledger.release,
         )
 
     def warm(self, owner: TaskKey) -> None:

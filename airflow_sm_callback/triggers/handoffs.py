@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 #: succeeded, or closed the step itself and skipped (the execution was stopping).
 LANDED_STATES: Final = frozenset({"success", "skipped"})
 
+#: Seconds a released hand-off's token is handed back at once when its message comes here.
+RELEASED_MEMORY: Final = 600.0
+
 #: Reads the current states of task instances (``None`` for one not found).
 TaskStates = Callable[[Sequence[TaskKey]], Awaitable[Mapping[TaskKey, str | None]]]
 
@@ -89,6 +92,8 @@ class HandOffLedger:
     def __init__(self, max_tokens: int = 50_000, max_owners: int = 10_000) -> None:
         self._tokens: OrderedDict[str, _Token] = OrderedDict()
         self._handoffs: OrderedDict[TaskKey, HandOff] = OrderedDict()
+        #: Tokens whose hand-offs were released (their tasks restarted), until when to say so.
+        self._released: OrderedDict[str, float] = OrderedDict()
         self._max_tokens = max_tokens
         self._max_owners = max_owners
 
@@ -169,6 +174,26 @@ class HandOffLedger:
         if handoff is not None:
             handoff.until = max(handoff.until, time.monotonic() + hold)
             handoff.given_at = time.monotonic()
+
+    def release(self, handoff: HandOff, remember: float = RELEASED_MEMORY) -> None:
+        """
+        ``handoff`` was given back (its task was restarted and waits for it anew, maybe in
+        another triggerer): forgotten, and its token said :meth:`released` for ``remember``
+        seconds, so that its message is handed back at once when it comes here on its way.
+        """
+        self.forget(handoff.owner)
+        token = handoff.callback.token
+        self._released.pop(token, None)
+        self._released[token] = time.monotonic() + remember
+        while self._released and next(iter(self._released.values())) < time.monotonic():
+            self._released.popitem(last=False)
+        if len(self._released) > self._max_owners:
+            self._released.popitem(last=False)
+
+    def released(self, token: str) -> bool:
+        """Whether the token's hand-off was released here lately (see :meth:`release`)."""
+        until = self._released.get(token)
+        return until is not None and until >= time.monotonic()
 
     def forget(self, owner: TaskKey) -> None:
         """Forget the hand-off given to ``owner`` (its step is closed)."""

@@ -9,6 +9,7 @@ import pytest
 
 from airflow_sm_callback.protocol import CallbackMatcher, CallbackMessage, ReceivedMessages, UnparsedMessage
 from airflow_sm_callback.protocol.routing import (
+    MAX_HOT_RECEIVES,
     Claim,
     Decision,
     Delivery,
@@ -56,6 +57,7 @@ class HandOffs:
 
     handed: dict[str, set[str]] = field(default_factory=dict)
     landed_tokens: set[str] = field(default_factory=set)
+    released_tokens: set[str] = field(default_factory=set)
 
     def handed_on(self, token: str) -> bool:
         return token in self.handed
@@ -65,6 +67,9 @@ class HandOffs:
 
     def landed(self, token: str) -> bool:
         return token in self.landed_tokens
+
+    def released(self, token: str) -> bool:
+        return token in self.released_tokens
 
 
 def message(
@@ -198,6 +203,74 @@ def test_a_message_others_received_too_is_handed_back_at_once_before_the_estimat
     assert many.for_message(["c"], 60) == pytest.approx(3.0)
     assert hot_receives(3.0) < 60
     assert seconds(many, "c", 60) == 60
+
+
+def test_once_the_estimate_has_settled_a_message_nobody_wants_goes_on_the_ladder_after_meeting_every_poller() -> (
+    None
+):
+    """
+    Four pollers, the estimate settled near 4: a message nobody wants, received 60 times, 3 of
+    them here, reads 20 pollers by its own counts; it is not handed back at once for that, but
+    waits as the estimate says (before the estimate settled, its own counts would count).
+    """
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC) + timedelta(seconds=5)
+    callback = delivery(count=1).callback
+    settled = PollerEstimate()
+    for i in range(100):
+        settled.observe(f"n{i}", 4, now)
+        settled.observe(f"n{i}", 8, now)
+    assert settled.value == pytest.approx(4.0, abs=0.01)
+    for count in (20, 40, 60):
+        settled.observe("noise", count, now)
+    assert settled.value < 6  # its samples move the estimate a little
+    assert settled.for_message(["noise"], 60) == settled.value
+    assert hot_receives(settled.value) < 60
+    decision = decide(Delivery(callback, ("r",), ("noise",), 60), None, Knowledge(Steps(), pollers=settled))
+    assert decision.seconds == 60
+    # The same counts before the estimate settled: 60 / 3 pollers, still handed back at once.
+    fresh = PollerEstimate()
+    for count in (20, 40, 60):
+        fresh.observe("noise", count, now)
+    assert fresh.samples < 20
+    assert fresh.for_message(["noise"], 60) == pytest.approx(20.0)
+    assert (
+        decide(Delivery(callback, ("r",), ("noise",), 60), None, Knowledge(Steps(), pollers=fresh)).seconds
+        == 0
+    )
+
+
+def test_a_message_whose_hand_off_was_released_here_is_handed_back_at_once() -> None:
+    """
+    Its task was restarted and waits for it anew, maybe in another triggerer: each time it comes
+    here on its way it goes back at once, not on the growing delay (up to the most hot receives).
+    """
+    released = Delivery(delivery(count=9).callback, ("r",), ("m",), 9)
+    token = released.token
+    plain = Knowledge(Steps(), HandOffs(handed={token: {"m"}}))
+    assert decide(released, None, plain).seconds == backoff_visibility(9) == 60
+    knowing = Knowledge(Steps(), HandOffs(handed={token: {"m"}}, released_tokens={token}))
+    decision = decide(released, None, knowing)
+    assert (decision.verdict, decision.reason, decision.seconds) == (Verdict.HAND_BACK, Reason.UNWANTED, 0)
+    past = Delivery(released.callback, ("r",), ("m",), MAX_HOT_RECEIVES + 1)
+    assert decide(past, None, knowing).seconds == 60
+
+
+def test_the_ledger_says_a_released_hand_off_s_token_released_for_a_while() -> None:
+    from airflow_sm_callback.triggers.handoffs import HandOffLedger, TaskKey
+
+    ledger = HandOffLedger()
+    item = Delivery(delivery(count=1).callback, ("r",), ("m",), 1)
+    owner = TaskKey("d", "r", "t")
+    handoff = ledger.record(item, Claim("c", hold=300, owner=owner, deleted_by="triggerer"))
+    assert handoff is not None
+    assert not ledger.released(item.token)
+    ledger.release(handoff)
+    assert ledger.released(item.token)
+    assert ledger.get(owner) is None  # forgotten: its messages are back on the queue
+    ledger.release(handoff, remember=-1.0)
+    assert not ledger.released(item.token)
 
 
 def test_sort_groups_a_token_s_messages_stopping_wins_and_sets_copies_and_the_unusable_apart() -> None:
