@@ -349,11 +349,16 @@ def _check_class_swap(surface: MotoSurface) -> str | None:
     return None
 
 
-def _check_wait_for_messages(surface: MotoSurface) -> str | None:
-    method = getattr(surface.queue, "wait_for_messages", None)
-    if not callable(method):
-        return "missing"
-    return None if _accepts(method, None, 1) else "no longer takes (timeout)"
+def _check_queue_method(name: str, arguments: str, *probe: Any) -> _Check:
+    """A check that moto's ``Queue`` has method ``name`` taking ``probe`` (named ``arguments``)."""
+
+    def check(surface: MotoSurface) -> str | None:
+        method = getattr(surface.queue, name, None)
+        if not callable(method):
+            return "missing"
+        return None if _accepts(method, None, *probe) else f"no longer takes ({arguments})"
+
+    return check
 
 
 def _check_messages_lock(surface: MotoSurface) -> str | None:
@@ -363,13 +368,6 @@ def _check_messages_lock(surface: MotoSurface) -> str | None:
     if not all(callable(getattr(value, name, None)) for name in ("wait_for", "notify_all", "__enter__")):
         return f"is a {type(value).__name__}, not a threading.Condition"
     return None
-
-
-def _check_add_message(surface: MotoSurface) -> str | None:
-    method = getattr(surface.queue, "add_message", None)
-    if not callable(method):
-        return "missing"
-    return None if _accepts(method, None, None) else "no longer takes (message)"
 
 
 def _check_receive_waits(surface: MotoSurface) -> str | None:
@@ -479,7 +477,7 @@ _RELIANCES: Final = (
     _Reliance(
         f"{_QUEUE}.wait_for_messages",
         "gives up the lock on moto's state while a long poll waits (FastScanQueue)",
-        _check_wait_for_messages,
+        _check_queue_method("wait_for_messages", "timeout", 1),
     ),
     _Reliance(
         f"{_QUEUE}._messages_lock",
@@ -489,7 +487,7 @@ _RELIANCES: Final = (
     _Reliance(
         f"{_QUEUE}.add_message",
         "wakes the waiting long polls when a delayed message is added (FastScanQueue)",
-        _check_add_message,
+        _check_queue_method("add_message", "message", None),
     ),
     _Reliance(
         "moto.sqs.models.SQSBackend.receive_message",

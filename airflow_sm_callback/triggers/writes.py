@@ -43,7 +43,7 @@ class QueueWrites:
         #: Done once the group being gathered has been sent.
         self._sent: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
-        #: Requests made, and groups sent (a group is one request per ten of its writes).
+        #: Groups sent (a group is one request per ten of its writes).
         self.groups = 0
 
     async def write(self, deletes: Iterable[str] = (), changes: Iterable[tuple[str, int]] = ()) -> None:
@@ -57,8 +57,7 @@ class QueueWrites:
             self._changes.pop(handle, None)
         for handle, seconds in changes:
             if handle not in self._deletes:
-                self._changes.pop(handle, None)  # the latest change goes last
-                self._changes[handle] = seconds
+                self._changes[handle] = seconds  # the latest change of a message wins
         if not self._deletes and not self._changes:
             return
         loop = asyncio.get_running_loop()
