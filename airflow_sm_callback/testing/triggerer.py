@@ -10,8 +10,10 @@ cancelled, as the triggerer cancels a task's trigger once the task resumes. With
 it also plays the resumed task's part for :class:`SageMakerCallbackTrigger` events: that many
 seconds after the persist the task succeeds with the callback (and deletes the messages itself
 when the event says ``deleted_by="task"``, as the sensor's ``execute_complete`` does). It stands
-for the triggerer's supervisor too: the shared streams read from it the states of the task
-instances they handed callbacks to, and delete those messages once the task succeeded. Used by
+for the triggerer's supervisor and the metadata database too: the shared streams read from it
+the states of the task instances they handed callbacks to (deferred from the moment a task's
+trigger is added, scheduled once its event persisted, success once the resumed task's part
+ran), and delete those messages once the task succeeded. Used by
 the tests and the benchmark; useful to test your own DAGs' triggers offline.
 """
 
@@ -72,13 +74,12 @@ def _for_task(event: TriggerEvent) -> bool:
 _OPEN: list[SharedStreamHarness] = []
 _PREVIOUS_SOURCE: list[TaskStates | None] = []
 _PREVIOUS_LOCAL: list[bool | None] = []
+#: The task instance states of the harnesses open in this process (one metadata database).
+_TASK_STATES: dict[TaskKey, str] = {}
 
 
 async def _harness_task_states(keys: Sequence[TaskKey]) -> Mapping[TaskKey, str | None]:
-    states: dict[TaskKey, str | None] = {}
-    for harness in _OPEN:
-        states.update({key: harness.task_states[key] for key in keys if key in harness.task_states})
-    return states
+    return {key: _TASK_STATES[key] for key in keys if key in _TASK_STATES}
 
 
 class SharedStreamHarness:
@@ -135,9 +136,11 @@ class SharedStreamHarness:
         self._fired = asyncio.Event()
         self._hooks: dict[Hashable, SageMakerCallbackHook] = {}
         self._resumes: set[asyncio.Task[None]] = set()
-        #: The states of the task instances the triggers fired for, as the resumed tasks left them.
-        self.task_states: dict[TaskKey, str] = {}
+        #: The states of the task instances whose triggers were added, shared by the harnesses
+        #: open in this process (triggerers of one Airflow).
+        self.task_states = _TASK_STATES
         if not _OPEN:
+            _TASK_STATES.clear()
             _PREVIOUS_SOURCE.append(use_task_states(_harness_task_states))
             _PREVIOUS_LOCAL.append(use_local_streams(True if self.manager is None else None))
         _OPEN.append(self)
@@ -147,6 +150,9 @@ class SharedStreamHarness:
         key = trigger.shared_stream_key()
         if key is None:
             raise ValueError(f"{type(trigger).__name__} does not share a stream")
+        owner = _owner_of(trigger) if fires_once else None
+        if owner is not None:
+            _TASK_STATES[owner] = "deferred"  # its task deferred on it
         if self.manager is not None:
             stream = self.manager.subscribe(trigger_id=trigger_id, trigger=trigger, key=key)
             events = trigger.filter_shared_stream(stream)
@@ -188,6 +194,10 @@ class SharedStreamHarness:
 
     def _confirm(self, fired: FiredEvent, seq: int | None) -> None:
         fired.persisted_at = time.monotonic()
+        running = self._running.get(fired.trigger_id)
+        owner = _owner_of(running.trigger) if running is not None and _for_task(fired.event) else None
+        if owner is not None and _TASK_STATES.get(owner) == "deferred":
+            _TASK_STATES[owner] = "scheduled"  # Airflow writes the event: the task is to resume
         if seq is not None and self.manager is not None:
             self.manager.confirm_persisted([seq])
 
@@ -300,6 +310,7 @@ class SharedStreamHarness:
         if self in _OPEN:
             _OPEN.remove(self)
             if not _OPEN:
+                _TASK_STATES.clear()
                 use_task_states(_PREVIOUS_SOURCE.pop())
                 use_local_streams(_PREVIOUS_LOCAL.pop())
 

@@ -164,11 +164,15 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
             return None
         return self.deadline - time.time()
 
+    def _hold_left(self) -> float:
+        """Seconds until a single-event trigger may fire (``not_before``), 0 when it may now."""
+        if self.not_before is None or not self.fires_once:
+            return 0.0
+        return max(0.0, self.not_before - time.time())
+
     async def _hold(self) -> None:
         """Before a single-event trigger fires: wait until ``not_before``."""
-        if self.not_before is None or not self.fires_once:
-            return
-        delay = self.not_before - time.time()
+        delay = self._hold_left()
         if delay > 0:
             self.log.info("Callback claimed; resuming the task in %.1fs", delay)
             await asyncio.sleep(delay)
@@ -306,7 +310,8 @@ class SageMakerCallbackTrigger(BaseEventTrigger):
         else:
             await _airflow.amask_secrets([callback.token])
         if handoff.deleted_by == "triggerer" and not handoff.landed:
-            state.confirmer.watch(handoff, self.handoff_visibility)
+            # Its event comes after the resume hold, and is not persisted when it is yielded.
+            state.confirmer.watch(handoff, self.handoff_visibility, event_in=self._hold_left())
         state.ledger.given_again(owner, self.handoff_visibility)
         return handoff
 

@@ -214,6 +214,11 @@ class _Watch:
     until: float
     next_look: float
     gap: float
+    #: Loop time before which a deferred task may still be in the deferral its event ends (the
+    #: event not persisted yet), unless it was seen out of it meanwhile.
+    persisted_by: float = 0.0
+    #: Its task was seen in another state than deferred since the watch began.
+    left_deferred: bool = False
     #: ``time.monotonic()`` when its task was first seen deferred again (restarted without its event).
     deferred_since: float | None = None
 
@@ -231,13 +236,17 @@ class HandOffConfirmer:
     back after that is looked at again (:meth:`HandOffLedger.came_back`).
 
     A task seen deferred again, twice in a row, was restarted without its event and waits for
-    its callback anew; unless a trigger of this process took the hand-off again meanwhile, its
-    new trigger runs in another triggerer, which cannot see the hidden message: the confirmer
-    hands the message back at once (:meth:`release`), so that it reaches that trigger in
-    seconds instead of when the hold ends. It runs while there is
-    something to wait for, and outlives the stream's producer (a stream stops when its last
-    trigger leaves, before the tasks resume). Nothing is lost when it stops early: the messages
-    come back when their hold ends, and are delivered or deleted then.
+    its callback anew. Deferred *again*: a watch that begins before its event is surely
+    persisted (Airflow below 3.3 confirms no persist, and a trigger that takes a hand-off again
+    waits out its resume hold first) may see the task still in the deferral its event ends; so
+    there a deferred task counts only once it was seen in another state since, or once its
+    event is surely persisted (``UNPERSISTED_GRACE`` after it is yielded). Unless a trigger of
+    this process took the hand-off again meanwhile, the task's new trigger runs in another
+    triggerer, which cannot see the hidden message: the confirmer hands the message back at
+    once (:meth:`release`), so that it reaches that trigger in seconds instead of when the hold
+    ends. It runs while there is something to wait for, and outlives the stream's producer (a
+    stream stops when its last trigger leaves, before the tasks resume). Nothing is lost when it
+    stops early: the messages come back when their hold ends, and are delivered or deleted then.
 
     :param states: where task instance states are read (``None``: nowhere, nothing is deleted).
     :param on_idle: called when it has nothing left to do.
@@ -250,6 +259,10 @@ class HandOffConfirmer:
     DELETE_ATTEMPTS: Final = 10
     #: Seconds between the two looks that see a task deferred again before its message is released.
     DEFERRED_AGAIN_LOOK: Final = 3.0
+    #: Seconds past the expected persist of its event after which a task never seen out of its
+    #: deferral counts as deferred again (an event is written within a second or two; a loaded
+    #: triggerer was seen taking more than five).
+    UNPERSISTED_GRACE: Final = 20.0
 
     def __init__(
         self,
@@ -284,12 +297,20 @@ class HandOffConfirmer:
         """Whether it has nothing to wait for and nothing to delete."""
         return not self._watches and (self._task is None or self._task.done())
 
-    def watch(self, handoff: HandOff, hidden_for: float) -> None:
-        """Look at ``handoff``'s task until its messages, hidden for ``hidden_for`` seconds, are visible."""
+    def watch(self, handoff: HandOff, hidden_for: float, *, event_in: float | None = None) -> None:
+        """
+        Look at ``handoff``'s task until its messages, hidden for ``hidden_for`` seconds, are
+        visible. ``event_in``: ``None`` when the event that gave it to its task is persisted
+        (Airflow confirmed it); else the seconds until that event is yielded (0: it was just
+        yielded), its persist then expected within ``UNPERSISTED_GRACE`` seconds more.
+        """
         loop = asyncio.get_running_loop()
         now = loop.time()
         first = min(self.FIRST_LOOK, max(0.0, hidden_for - 1.0))
-        self._watches[handoff.owner] = _Watch(handoff, now + hidden_for, now + first, self.FIRST_LOOK)
+        persisted_by = now if event_in is None else now + event_in + self.UNPERSISTED_GRACE
+        self._watches[handoff.owner] = _Watch(
+            handoff, now + hidden_for, now + first, self.FIRST_LOOK, persisted_by=persisted_by
+        )
         task = self._task
         if task is None or task.done() or task.get_loop() is not loop:
             self._task = loop.create_task(self._run(), name="sagemaker-callback-hand-offs")
@@ -360,13 +381,20 @@ class HandOffConfirmer:
                 del self._watches[owner]
             elif now >= watch.until:
                 del self._watches[owner]  # visible again: looked at when it comes back
-            elif state == "deferred" and watch.deferred_since is None:
-                watch.deferred_since = time.monotonic()
-                watch.next_look = min(now + self.DEFERRED_AGAIN_LOOK, watch.until)
-            elif state == "deferred" and watch.handoff.given_at < watch.deferred_since:  # type: ignore[operator]
-                released.append(watch.handoff)
-                del self._watches[owner]
+            elif state == "deferred" and (watch.left_deferred or now >= watch.persisted_by):
+                if watch.deferred_since is None:
+                    watch.deferred_since = time.monotonic()
+                    watch.next_look = min(now + self.DEFERRED_AGAIN_LOOK, watch.until)
+                elif watch.handoff.given_at < watch.deferred_since:
+                    released.append(watch.handoff)
+                    del self._watches[owner]
+                else:  # given to its task here again since: not restarted elsewhere
+                    watch.deferred_since = None
+                    watch.gap = min(self.MAX_GAP, watch.gap * 2)
+                    watch.next_look = min(now + watch.gap, watch.until)
             else:
+                # Resumed and on its way, or still in the deferral its event ends (not persisted yet).
+                watch.left_deferred = watch.left_deferred or state not in (None, "deferred")
                 watch.deferred_since = None
                 watch.gap = min(self.MAX_GAP, watch.gap * 2)
                 watch.next_look = min(now + watch.gap, watch.until)

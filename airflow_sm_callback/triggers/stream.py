@@ -392,7 +392,9 @@ class CallbackStreamProducer(SharedStreamProducer):
                     if handoff is not None and handoff.deleted_by == "triggerer" and claim.hold is not None:
                         # Hidden until the callback is in the task's XCom; the confirmer deletes
                         # the messages once the task instance succeeded.
-                        state.confirmer.watch(handoff, claim.hold)
+                        state.confirmer.watch(
+                            handoff, claim.hold, event_in=None if self.persist_confirmed else 0.0
+                        )
             if not inflight.settled:
                 decisions.extend(self._unseen(inflight))
         await self._apply(decisions)

@@ -819,10 +819,18 @@ async def test_a_task_deferred_again_gets_its_callback_in_another_triggerer_befo
     owner = TaskKey("d", "run-a", "wait")
     async with SharedStreamHarness(persist_delay=0.3) as here:
         here.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
-        here.add(1, task_trigger(callback_queue, aws_conn, arn, hold=300))
+        mine = task_trigger(callback_queue, aws_conn, arn, hold=300)
+        here.add(1, mine)
         assert await here.wait_for_events(1, within=20)
         fired_at = here.events[0].at
-        await asyncio.sleep(1)
+        # Persisted: the task resumes, and the triggerer sees it out of its deferral.
+        here.set_task_state(owner, "running")
+        confirmer = _process.states()[mine.shared_stream_key()].confirmer
+        for _ in range(100):
+            if confirmer.rounds:
+                break
+            await asyncio.sleep(0.1)
+        assert confirmer.rounds  # it has seen the task running
         here.set_task_state(owner, "deferred")  # restarted without its event, waiting again
         async with SharedStreamHarness(persist_delay=0.3, resume_delay=0.2) as elsewhere:
             elsewhere.add(
@@ -834,6 +842,63 @@ async def test_a_task_deferred_again_gets_its_callback_in_another_triggerer_befo
             await elsewhere.wait_for_resumes()
             assert emulator.queue_messages(callback_queue) == []
     assert len(here.events) == 1
+
+
+async def test_a_task_whose_event_is_not_persisted_yet_is_not_taken_for_restarted(
+    harness_mode: str, emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+) -> None:
+    """
+    The task stays deferred until the triggerer writes its event, which takes seconds on a
+    loaded triggerer (and Airflow below 3.3 confirms no persist): the triggerer that handed the
+    callback on does not take that for a restart, and hands nothing back; the message is
+    deleted once the task succeeded.
+    """
+    (arn,) = start_many(emulator, callback_queue, 1)
+    mine = task_trigger(callback_queue, aws_conn, arn)
+    async with SharedStreamHarness(persist_delay=9.0, resume_delay=0.5) as harness:
+        harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
+        harness.add(1, mine)
+        assert await harness.wait_for_events(1, within=20)
+        confirmer = _process.states()[mine.shared_stream_key()].confirmer
+        await harness.wait_for_resumes(within=40)
+        assert await queue_empty_within(emulator, callback_queue, 20)
+    assert (confirmer.released, confirmer.deleted) == (0, 1)
+    assert len(harness.events) == 1
+
+
+async def test_a_hand_off_taken_again_in_its_resume_hold_is_not_taken_for_restarted(
+    harness_mode: str, emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+) -> None:
+    """
+    A restarted task's new trigger takes its hand-off again in the same triggerer and waits out
+    its resume hold, the task deferred all along: that is not a restart elsewhere, and nothing
+    is handed back; the message is deleted once the task succeeded.
+    """
+    (arn,) = start_many(emulator, callback_queue, 1)
+    first = task_trigger(callback_queue, aws_conn, arn)
+    owner = TaskKey("d", "run-a", "wait")
+    async with SharedStreamHarness(persist_delay=0.3) as harness:
+        harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
+        harness.add(1, first)
+        assert await harness.wait_for_events(1, within=20)
+        await asyncio.sleep(1.5)  # persisted, advanced, trigger cancelled: the task "resumes"
+        harness.set_task_state(owner, "running")
+        confirmer = _process.states()[first.shared_stream_key()].confirmer
+        again = task_trigger(callback_queue, aws_conn, arn)
+        again.not_before = time.time() + 9  # its resume hold
+        harness.add(2, again)  # the task restarted without its event and deferred again
+        assert not await fired_within(harness, 2, 7)
+        assert await fired_within(harness, 2, 10)
+        await asyncio.sleep(2)  # persisted: the task resumes, with its callback, and succeeds
+        (held,) = emulator.queue_messages(callback_queue)
+        assert held.get("InFlight")
+        assert int(held["Attributes"]["ApproximateReceiveCount"]) == 1  # never handed back
+        harness.set_task_state(owner, "success")
+        assert await queue_empty_within(emulator, callback_queue, 30)
+    assert confirmer.released == 0
+    assert (
+        harness.events_of(2)[0].event.payload["callback"] == harness.events_of(1)[0].event.payload["callback"]
+    )
 
 
 async def _visible_within(emulator: CallbackEmulator, queue_url: str, arn: str, seconds: float) -> bool:
