@@ -283,7 +283,7 @@ def run_e2e(
     sensor with 1, 2 and 4 triggerer processes (``triggerers``), in turn, ``rounds`` times
     (``only_triggerers``: those alone).
     """
-    with emulator_process(log_dir, "e2e") as running, postgres(55434) as database:
+    with emulator_process(log_dir, "e2e") as running, postgres(15434) as database:
         emulator = running.emulator
         ours = [prepare_callbacks(emulator, f"bench-e2e-ours-{i + 1}", runs) for i in range(rounds)]
         scaled = {

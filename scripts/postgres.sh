@@ -10,7 +10,7 @@ set -euo pipefail
 
 command=${1:?usage: postgres.sh start|stop DIR [PORT]}
 dir=${2:?usage: postgres.sh start|stop DIR [PORT]}
-port=${3:-55432}
+port=${3:-15432}
 
 find_bin() {
     local name=$1

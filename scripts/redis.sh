@@ -10,7 +10,7 @@ set -euo pipefail
 
 command=${1:?usage: redis.sh start|stop DIR [PORT]}
 dir=${2:?usage: redis.sh start|stop DIR [PORT]}
-port=${3:-56379}
+port=${3:-16379}
 
 ensure_installed() {
     if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then

@@ -194,7 +194,7 @@ def celery_stack(sagemaker_callback_emulator: CallbackEmulator, events_queue: st
     while _LOCAL:
         _LOCAL.pop().stop()
     with (
-        postgres(port=55434) as url,
+        postgres(port=15434) as url,
         redis() as broker,
         AirflowStack(
             dags_folder=_stack_dags(),

@@ -28,6 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
+#: The servers' fixed ports lie below the kernel's ephemeral range (32768 and up on Linux), where
+#: a client socket of another process may hold a port at any moment and make the bind fail.
+POSTGRES_PORT = 15433
+REDIS_PORT = 16380
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -35,7 +41,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def postgres(port: int = 55433) -> Iterator[str]:
+def postgres(port: int = POSTGRES_PORT) -> Iterator[str]:
     """
     A throwaway PostgreSQL server (``scripts/postgres.sh``, Debian's package); yields its
     SQLAlchemy URL. Several triggerers need its row locks, and many concurrent task starts
@@ -54,7 +60,7 @@ def postgres(port: int = 55433) -> Iterator[str]:
 
 
 @contextmanager
-def redis(port: int = 56380) -> Iterator[str]:
+def redis(port: int = REDIS_PORT) -> Iterator[str]:
     """A throwaway Redis server (``scripts/redis.sh``, Debian's package): the Celery broker's URL."""
     directory = Path(tempfile.mkdtemp(prefix="airflow-redis-"))
     script = ROOT / "scripts" / "redis.sh"

@@ -16,10 +16,30 @@ from tests.system.stack import AirflowStack
 pytestmark = [pytest.mark.system, pytest.mark.xdist_group("stack")]
 
 
-def stream_deletes(stack: AirflowStack) -> int:
-    """Messages the triggerer deleted once their tasks succeeded, so far."""
-    text = stack.log_path("triggerer").read_text(errors="replace")
-    return sum(int(n) for n in re.findall(r"Deleted (\d+) messages of callbacks whose tasks have them", text))
+def stream_deletes(stack: AirflowStack, at_least: int = 0, within: float = 30) -> int:
+    """
+    Messages the triggerer deleted once their tasks succeeded, so far; waiting up to ``within``
+    seconds for ``at_least`` (a line reaches the log file a while after its delete is done:
+    the trigger runner's process hands it to its supervisor, which writes it).
+    """
+    deadline = time.monotonic() + within
+    while True:
+        text = stack.log_path("triggerer").read_text(errors="replace")
+        deleted = sum(
+            int(n) for n in re.findall(r"Deleted (\d+) messages of callbacks whose tasks have them", text)
+        )
+        if deleted >= at_least or time.monotonic() > deadline:
+            return deleted
+        time.sleep(0.5)
+
+
+def released_handoffs(stack: AirflowStack) -> int:
+    """Hand-offs the triggerer released so far, taking their tasks for restarted."""
+    return (
+        stack.log_path("triggerer")
+        .read_text(errors="replace")
+        .count("its task was restarted and waits again")
+    )
 
 
 def queue_empty_within(emulator: CallbackEmulator, queue_url: str, seconds: float) -> bool:
@@ -38,6 +58,7 @@ def test_concurrent_runs_each_get_their_own_callback(
     emulator.reset()
     stack.wait_for_dag("sensor_deferrable")
     deleted_before = stream_deletes(stack)
+    released_before = released_handoffs(stack)
     count = 12
     runs = {f"{unique('run')}-{i}": i for i in range(count)}
     stack.trigger_all(
@@ -82,7 +103,10 @@ def test_concurrent_runs_each_get_their_own_callback(
         in "".join(p.read_text() for p in stack.task_logs("sensor_deferrable", run_id, "wait"))
     ]
     assert fired
-    assert stream_deletes(stack) - deleted_before == len(fired)
+    assert stream_deletes(stack, at_least=deleted_before + len(fired)) - deleted_before == len(fired)
+    # No task was restarted: none of the tasks still deferred until their events were written
+    # was taken for one (which hands its message back, to be deleted later as stale).
+    assert released_handoffs(stack) == released_before
     for arn in arns.values():
         token = emulator.step(arn, "Score")["Metadata"]["Callback"]["CallbackToken"]
         assert token not in token_scan_text(logs)
