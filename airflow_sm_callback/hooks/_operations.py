@@ -193,7 +193,11 @@ def receive(
         "QueueUrl": queue_url,
         "MaxNumberOfMessages": max_messages,
         "WaitTimeSeconds": wait_time_seconds,
-        "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
+        "MessageSystemAttributeNames": [
+            "ApproximateReceiveCount",
+            "SentTimestamp",
+            "ApproximateFirstReceiveTimestamp",
+        ],
     }
     if visibility_timeout is not None:
         kwargs["VisibilityTimeout"] = visibility_timeout

@@ -113,6 +113,8 @@ class CallbackMessage:
     :param receipt_handle: the SQS receipt handle of this receive.
     :param receive_count: ``ApproximateReceiveCount`` of the message.
     :param sent_at: when SageMaker sent the message (``SentTimestamp``).
+    :param first_received_at: when SQS first returned the message to anyone
+        (``ApproximateFirstReceiveTimestamp``, SQS's clock); not part of :meth:`to_dict`.
     :param step_name: the step's ``Name`` in the pipeline definition, when it was looked up.
     """
 
@@ -127,6 +129,7 @@ class CallbackMessage:
     receive_count: int = 1
     sent_at: datetime | None = None
     step_name: str | None = None
+    first_received_at: datetime | None = None
 
     def __repr__(self) -> str:
         return (
@@ -149,6 +152,7 @@ class CallbackMessage:
         receipt_handle: str | None = None,
         receive_count: int = 1,
         sent_at: datetime | None = None,
+        first_received_at: datetime | None = None,
     ) -> CallbackMessage:
         """
         Parse a message body.
@@ -248,6 +252,7 @@ class CallbackMessage:
             receipt_handle=receipt_handle,
             receive_count=receive_count,
             sent_at=sent_at,
+            first_received_at=first_received_at,
         )
 
     @classmethod
@@ -310,24 +315,29 @@ class CallbackMessage:
         return parsed.with_step_name(data.get("step_name"))
 
 
+def _timestamp(attributes: Mapping[str, Any], name: str) -> datetime | None:
+    """An SQS timestamp attribute (milliseconds since the epoch), ``None`` when absent or unreadable."""
+    if name not in attributes:
+        return None
+    try:
+        return datetime.fromtimestamp(int(attributes[name]) / 1000, tz=UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
 def sqs_metadata(message: Mapping[str, Any]) -> dict[str, Any]:
-    """The message id, receipt handle, receive count and sent time of a ``ReceiveMessage`` item."""
+    """The message id, receipt handle, receive count, sent and first-received times of a ``ReceiveMessage`` item."""
     attributes = message.get("Attributes") or {}
     try:
         receive_count = int(attributes.get("ApproximateReceiveCount", 1))
     except (TypeError, ValueError):
         receive_count = 1
-    sent_at = None
-    if "SentTimestamp" in attributes:
-        try:
-            sent_at = datetime.fromtimestamp(int(attributes["SentTimestamp"]) / 1000, tz=UTC)
-        except (TypeError, ValueError, OverflowError, OSError):
-            sent_at = None
     return {
         "message_id": message.get("MessageId"),
         "receipt_handle": message.get("ReceiptHandle"),
         "receive_count": receive_count,
-        "sent_at": sent_at,
+        "sent_at": _timestamp(attributes, "SentTimestamp"),
+        "first_received_at": _timestamp(attributes, "ApproximateFirstReceiveTimestamp"),
     }
 
 
@@ -339,6 +349,7 @@ class UnparsedMessage:
     receipt_handle: str | None = field(repr=False)
     receive_count: int
     error: InvalidCallbackMessage
+    first_received_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +377,7 @@ class ReceivedMessages:
                         receipt_handle=meta["receipt_handle"],
                         receive_count=meta["receive_count"],
                         error=err,
+                        first_received_at=meta["first_received_at"],
                     )
                 )
         return received

@@ -27,7 +27,10 @@ malformed or foreign                                      ``HAND_BACK`` with bac
 
 A hand-back is immediate while the message may still reach a waiter in another process: for as
 many receives as :func:`hot_receives` says for the number of pollers the caller estimates
-(:class:`PollerEstimate`, from the receive counts), then delayed more each time.
+(:class:`PollerEstimate`, from the receive counts), and at most :data:`HOT_SECONDS` after its
+first receive; then delayed more each time: as long as the message has been around, when its
+first receive time is known (a clock every poller shares, so that pollers whose estimates differ
+agree), else by its receive count.
 
 A message that comes back unwanted once it has surely met every poller (a second time, with one
 poller), whose step state is not fresh, asks for a step look-up (:attr:`Decision.lookup`): the standalone poll makes it at once (within a budget), the
@@ -37,8 +40,9 @@ shared stream in the background for the message's next delivery.
 from __future__ import annotations
 
 import math
+import statistics
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,6 +85,11 @@ MAX_HOT_RECEIVES: Final = 100
 #: Seconds a poller takes others to be there after it last saw one of them receive (see
 #: :attr:`PollerEstimate.others_seen`).
 OTHERS_MEMORY: Final = 600.0
+#: Seconds after its first receive past which a message nobody wants is no longer handed back at
+#: once, whatever the receive counts say: by then it has met every poller (a hand-back at once
+#: comes back within a second or two), and pollers whose estimates differ would otherwise keep
+#: restarting its immediate hand-backs.
+HOT_SECONDS: Final = 30.0
 
 
 def hot_receives(pollers: float) -> int:
@@ -99,20 +108,34 @@ def hot_receives(pollers: float) -> int:
 
 
 def backoff_visibility(
-    receive_count: int, *, pollers: float = 1.0, first_here: bool = False, cap: int = 60
+    receive_count: int,
+    *,
+    pollers: float = 1.0,
+    first_here: bool = False,
+    cap: int = 60,
+    age: float | None = None,
 ) -> int:
     """
     Visibility timeout for handing back a message nobody here wants.
 
     Immediate the first time this poller sees it (``first_here``) and for the first
     :func:`hot_receives` receives (another waiter, perhaps in another process, may want it);
-    later hand-backs grow with the receive count (1, 2, 4, ... seconds, at most ``cap``) so a
-    message that nobody wants yet does not cycle. With one poller: at once, then 1, 2, 4 ...
+    later hand-backs grow (1, 2, 4, ... seconds, at most ``cap``) so a message that nobody
+    wants yet does not cycle. With one poller: at once, then 1, 2, 4 ...
+
+    :param age: seconds since the message's first receive, when known. Then the immediate
+        hand-backs end :data:`HOT_SECONDS` after it at the latest, and a later hand-back lasts
+        as long as the message has been around (plus one second): the same doubling as by
+        receive count with one poller, but the same whichever poller receives it.
     """
-    hot = hot_receives(pollers)
-    if first_here or receive_count <= hot:
+    if first_here:
         return 0
-    return int(min(cap, 2 ** min(receive_count - hot - 1, 16)))
+    hot = hot_receives(pollers)
+    if receive_count <= hot and (age is None or age < HOT_SECONDS):
+        return 0
+    if age is None:
+        return int(min(cap, 2 ** min(max(receive_count - hot - 1, 0), 16)))
+    return int(min(cap, max(1, int(age) + 1)))
 
 
 class PollerEstimate:
@@ -132,6 +155,8 @@ class PollerEstimate:
 
     def __init__(self, weight: float = 0.05, settle: int = 20, remember: int = 20_000) -> None:
         self.value = 1.0
+        #: This host's clock minus SQS's, from first receives (see :meth:`age`).
+        self._clock_offsets: deque[float] = deque(maxlen=51)
         self.samples = 0
         self._weight = weight
         self._settle = settle
@@ -150,8 +175,17 @@ class PollerEstimate:
         else:
             self.value += self._weight * (value - self.value)
 
-    def observe(self, message_id: str | None, receive_count: int, sent_at: datetime | None = None) -> None:
+    def observe(
+        self,
+        message_id: str | None,
+        receive_count: int,
+        sent_at: datetime | None = None,
+        first_received_at: datetime | None = None,
+    ) -> None:
         """A message was received here (before any decision on it)."""
+        if receive_count == 1 and first_received_at is not None:
+            # Its first receive is this one: SQS's clock read a moment ago.
+            self._clock_offsets.append(time.time() - first_received_at.timestamp())
         if message_id is None:
             return
         prior = self._seen.pop(message_id, None)
@@ -194,6 +228,17 @@ class PollerEstimate:
         if here <= 0:
             return max(self.value, floor)
         return max(self.value, floor, receive_count / here)
+
+    def age(self, first_received_at: datetime | None) -> float | None:
+        """
+        Seconds since a message's first receive (``ApproximateFirstReceiveTimestamp``), on SQS's
+        clock: this host's clock less its offset from SQS's, the median of what first receives
+        showed (0 before any), so that a host whose clock is off still reads ages right.
+        """
+        if first_received_at is None:
+            return None
+        offset = statistics.median(self._clock_offsets) if self._clock_offsets else 0.0
+        return max(0.0, time.time() - offset - first_received_at.timestamp())
 
     def first_here(self, message_ids: Iterable[str]) -> bool:
         """Whether the last receive of these messages was their first here."""
@@ -308,6 +353,8 @@ class Delivery:
     receipt_handles: tuple[str, ...]
     message_ids: tuple[str, ...]
     receive_count: int
+    #: The earliest first receive of its messages (SQS's ``ApproximateFirstReceiveTimestamp``).
+    first_received_at: datetime | None = None
 
     @property
     def token(self) -> str:
@@ -326,7 +373,7 @@ class Sorted:
 
 def sort(received: Iterable[ReceivedMessages], knowledge: Knowledge) -> Sorted:
     """Group the callbacks of ``received`` by token (``Stopping`` wins); copies of tokens handed on apart."""
-    by_token: dict[str, tuple[CallbackMessage, list[str], list[str], int]] = {}
+    by_token: dict[str, tuple[CallbackMessage, list[str], list[str], int, datetime | None]] = {}
     copies: list[str] = []
     invalid: list[UnparsedMessage] = []
     for result in received:
@@ -338,18 +385,34 @@ def sort(received: Iterable[ReceivedMessages], knowledge: Knowledge) -> Sorted:
                 continue
             entry = by_token.get(callback.token)
             if entry is None:
-                entry = by_token[callback.token] = (callback, [], [], callback.receive_count)
-            first, handles, ids, count = entry
+                entry = by_token[callback.token] = (
+                    callback,
+                    [],
+                    [],
+                    callback.receive_count,
+                    callback.first_received_at,
+                )
+            first, handles, ids, count, first_received = entry
             if callback.receipt_handle and callback.receipt_handle not in handles:
                 handles.append(callback.receipt_handle)
             if callback.message_id and callback.message_id not in ids:
                 ids.append(callback.message_id)
             if callback.is_stopping and not first.is_stopping:
                 first = callback
-            by_token[callback.token] = (first, handles, ids, max(count, callback.receive_count))
+            if callback.first_received_at is not None and (
+                first_received is None or callback.first_received_at < first_received
+            ):
+                first_received = callback.first_received_at
+            by_token[callback.token] = (
+                first,
+                handles,
+                ids,
+                max(count, callback.receive_count),
+                first_received,
+            )
     deliveries = tuple(
-        Delivery(callback, tuple(handles), tuple(ids), count)
-        for callback, handles, ids, count in by_token.values()
+        Delivery(callback, tuple(handles), tuple(ids), count, first_received)
+        for callback, handles, ids, count, first_received in by_token.values()
     )
     return Sorted(deliveries, tuple(copies), tuple(invalid))
 
@@ -477,10 +540,14 @@ def decide(delivery: Delivery, claim: Claim | None, knowledge: Knowledge, *, cle
     if knowledge.landed(token):
         return Decision(Verdict.DELETE, Reason.LANDED, handles)
     pollers = knowledge.poller_count(delivery.message_ids, delivery.receive_count)
+    age = None if knowledge.pollers is None else knowledge.pollers.age(delivery.first_received_at)
     lookup = None
     # Once it has surely met every poller (one alone: from its second receive), its step may be
     # closed (a stale copy): worth a look-up.
-    if delivery.receive_count > max(1, hot_receives(pollers)) and not knowledge.step_fresh(token):
+    met_every_poller = delivery.receive_count > max(1, hot_receives(pollers)) or (
+        age is not None and age >= HOT_SECONDS and delivery.receive_count > 1
+    )
+    if met_every_poller and not knowledge.step_fresh(token):
         lookup = delivery.callback.pipeline_execution_arn
     return Decision(
         Verdict.HAND_BACK,
@@ -495,6 +562,7 @@ def decide(delivery: Delivery, claim: Claim | None, knowledge: Knowledge, *, cle
                 pollers=pollers,
                 first_here=knowledge.pollers is not None
                 and knowledge.pollers.first_here(delivery.message_ids),
+                age=age,
             )
         ),
         came_back=knowledge.handed_on(token),
@@ -523,6 +591,7 @@ def decide_invalid(message: UnparsedMessage, knowledge: Knowledge | None = None)
                 )
             ),
             first_here=first_here,
+            age=None if pollers is None else pollers.age(message.first_received_at),
         ),
     )
 

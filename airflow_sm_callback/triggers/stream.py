@@ -272,9 +272,13 @@ class CallbackStreamProducer(SharedStreamProducer):
         assert state is not None
         for result in received:
             for callback in result.callbacks:
-                state.pollers.observe(callback.message_id, callback.receive_count, callback.sent_at)
+                state.pollers.observe(
+                    callback.message_id, callback.receive_count, callback.sent_at, callback.first_received_at
+                )
             for bad in result.invalid:
-                state.pollers.observe(bad.message_id, bad.receive_count)
+                state.pollers.observe(
+                    bad.message_id, bad.receive_count, first_received_at=bad.first_received_at
+                )
         sorted_ = routing.sort(received, desk.knowledge)
         for bad in sorted_.invalid:
             desk.hook.warn_invalid(bad, self.queue_url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,21 @@ def receive_one(call: Call, hook: SageMakerCallbackHook, queue_url: str) -> Any:
     received = call(hook, "receive_callbacks", queue_url, wait_time_seconds=2)
     assert len(received.callbacks) == 1, received
     return received.callbacks[0]
+
+
+def test_a_received_callback_knows_its_first_receive_on_sqs_s_clock(
+    emulator: CallbackEmulator, callback_queue: str, hook: SageMakerCallbackHook, call: Call
+) -> None:
+    """The shared streams time hand-backs from it; it stays the first receive's on later receives."""
+    start(emulator, callback_queue)
+    first = receive_one(call, hook, callback_queue)
+    assert first.first_received_at is not None
+    assert abs(first.first_received_at.timestamp() - time.time()) < 10
+    call(hook, "change_visibility", callback_queue, [(first.receipt_handle, 0)])
+    time.sleep(1.1)
+    again = receive_one(call, hook, callback_queue)
+    assert again.receive_count == 2
+    assert again.first_received_at == first.first_received_at
 
 
 def test_round_trip(

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from airflow_sm_callback.protocol import CallbackMatcher, CallbackMessage, ReceivedMessages, UnparsedMessage
+from airflow_sm_callback.protocol.message import sqs_metadata
 from airflow_sm_callback.protocol.routing import (
+    HOT_SECONDS,
     MAX_HOT_RECEIVES,
     Claim,
     Decision,
@@ -239,6 +241,105 @@ def test_once_the_estimate_has_settled_a_message_nobody_wants_goes_on_the_ladder
         decide(Delivery(callback, ("r",), ("noise",), 60), None, Knowledge(Steps(), pollers=fresh)).seconds
         == 0
     )
+
+
+def test_a_message_s_first_receive_time_is_read_from_sqs() -> None:
+    item = message("Ab3dE6gH9k", count=3)
+    item["Attributes"].update(
+        {"SentTimestamp": "1796000000000", "ApproximateFirstReceiveTimestamp": "1796000001500"}
+    )
+    meta = sqs_metadata(item)
+    assert meta["first_received_at"].timestamp() == 1796000001.5
+    assert meta["sent_at"].timestamp() == 1796000000.0
+    assert CallbackMessage.from_sqs(item).first_received_at == meta["first_received_at"]
+    assert "first_received_at" not in CallbackMessage.from_sqs(item).to_dict()  # not for XCom
+    item["Attributes"]["ApproximateFirstReceiveTimestamp"] = "soon"
+    assert sqs_metadata(item)["first_received_at"] is None  # unreadable: as if absent
+    bad = ReceivedMessages.parse(
+        [{**item, "Body": "{", "Attributes": {"ApproximateFirstReceiveTimestamp": "5000"}}]
+    )
+    assert bad.invalid[0].first_received_at is not None
+    # Of a token's messages in one receive, the earliest first receive counts.
+    early = message("Ab3dE6gH9k", mid="x")
+    early["Attributes"]["ApproximateFirstReceiveTimestamp"] = "1796000000500"
+    (grouped,) = sort(
+        [
+            ReceivedMessages.parse(
+                [item | {"Attributes": {"ApproximateFirstReceiveTimestamp": "1796000001500"}}, early]
+            )
+        ],
+        Knowledge(Steps()),
+    ).deliveries
+    assert grouped.first_received_at is not None
+    assert grouped.first_received_at.timestamp() == 1796000000.5
+
+
+def test_by_age_the_immediate_hand_backs_end_and_every_poller_gives_a_message_the_same_delay() -> None:
+    """
+    Known since when a message is around (its first receive, on SQS's clock), every poller gives
+    it the same delay once its immediate hand-backs are over, whatever it estimates; they end
+    ``HOT_SECONDS`` after its first receive at the latest.
+    """
+    # One poller: the same doubling as by receive count.
+    assert [
+        backoff_visibility(n, age=a) for n, a in ((1, 0.0), (2, 0.05), (3, 1.05), (4, 3.1), (5, 7.1))
+    ] == [
+        0,
+        1,
+        2,
+        4,
+        8,
+    ]
+    assert backoff_visibility(12, age=300.0) == 60
+    # Two pollers whose estimates differ (2.4 and 5.3): by count, they disagree for long.
+    low, high = 2.4, 5.3
+    count = hot_receives(low) + 3
+    assert backoff_visibility(count, pollers=low) != backoff_visibility(count, pollers=high) == 0
+    # By age they agree once the hot phase is over.
+    assert (
+        backoff_visibility(count, pollers=low, age=40.0)
+        == backoff_visibility(count, pollers=high, age=40.0)
+        == 41
+    )
+    # Within its first HOT_SECONDS, hot as the counts say; after, not even for a high estimate.
+    assert backoff_visibility(count, pollers=high, age=HOT_SECONDS - 1) == 0
+    assert backoff_visibility(count, pollers=high, age=HOT_SECONDS) == int(HOT_SECONDS) + 1
+    # The first time a poller sees it, at once still.
+    assert backoff_visibility(count, pollers=low, age=100.0, first_here=True) == 0
+
+
+def test_a_message_s_age_is_read_on_sqs_s_clock_when_this_host_s_is_off() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    skewed = PollerEstimate()
+    assert skewed.age(None) is None
+    sqs_now = datetime.now(UTC) - timedelta(seconds=100)  # this host's clock is 100 s ahead
+    assert skewed.age(sqs_now) == pytest.approx(100, abs=1)  # before any first receive: taken as is
+    for i in range(5):  # first receives: SQS's clock read a moment ago
+        skewed.observe(f"n{i}", 1, first_received_at=sqs_now)
+    assert skewed.age(sqs_now) == pytest.approx(0, abs=1)
+    assert skewed.age(sqs_now - timedelta(seconds=40)) == pytest.approx(40, abs=1)
+
+
+def test_a_message_around_for_hot_seconds_is_looked_up_and_waits_whatever_the_estimate() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC) + timedelta(seconds=5)
+    eight = PollerEstimate()
+    for i in range(40):
+        eight.observe(f"n{i}", 8, now)
+        eight.observe(f"n{i}", 16, now)
+    assert hot_receives(eight.value) > 20
+    callback = delivery(count=1).callback
+    young = Delivery(callback, ("r",), ("m",), 12, datetime.now(UTC) - timedelta(seconds=5))
+    decision = decide(young, None, Knowledge(Steps(), pollers=eight))
+    assert (decision.seconds, decision.lookup) == (0, None)
+    eight.observe("m", 12)
+    eight.observe("m", 20)  # seen here twice: not its first time here
+    old = Delivery(callback, ("r",), ("m",), 20, datetime.now(UTC) - timedelta(seconds=HOT_SECONDS + 10))
+    decision = decide(old, None, Knowledge(Steps(), pollers=eight))
+    assert decision.seconds == pytest.approx(HOT_SECONDS + 11, abs=1)
+    assert decision.lookup == ARN.format("a")
 
 
 def test_a_message_whose_hand_off_was_released_here_is_handed_back_at_once() -> None:
