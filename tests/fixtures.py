@@ -203,6 +203,10 @@ def celery_stack(sagemaker_callback_emulator: CallbackEmulator, events_queue: st
                 "core__max_active_runs_per_dag": "64",
                 "core__parallelism": "32",
                 "scheduler__task_instance_heartbeat_timeout": "60",
+                # A task that a killed worker had taken but not started stays queued (its broker
+                # message is not redelivered for hours): requeued in two minutes, not ten.
+                "scheduler__task_queued_timeout": "120",
+                "scheduler__task_queued_timeout_check_interval": "15",
             },
             sql_alchemy_conn=url,
             executor="CeleryExecutor",

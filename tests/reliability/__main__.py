@@ -56,6 +56,10 @@ def stack_on(
         "triggerer__capacity": "1000",
         # A killed worker's tasks are found (their heartbeats stopped) in a minute, not five.
         "scheduler__task_instance_heartbeat_timeout": "60",
+        # A task that a killed Celery worker had taken but not started stays queued (its broker
+        # message is not redelivered for hours): requeued in two minutes, not ten.
+        "scheduler__task_queued_timeout": "120",
+        "scheduler__task_queued_timeout_check_interval": "15",
     }
     if resume_hold is not None:
         settings["sagemaker_callback__resume_hold"] = str(resume_hold)

@@ -59,6 +59,9 @@ def test_a_resumed_task_restarted_without_its_event(emulator: CallbackEmulator, 
 
 @pytest.mark.celery
 @RETRIES_A_DEAD_TASK
+# Up to two resume holds, the heartbeat timeout and, for a task the worker had taken but not
+# started when it was killed, the queued timeout (two minutes).
+@pytest.mark.timeout(600)
 def test_a_celery_worker_killed_mid_hand_off(emulator: CallbackEmulator, celery_stack: AirflowStack) -> None:
     # CeleryExecutor, as on Amazon MWAA: the worker running resumed sensors is killed; Airflow
     # finds their stopped heartbeats and retries them, and each still gets its own callback.
