@@ -58,6 +58,21 @@ def hitl_path(dag_id: str, run_id: str, task_id: str = "approve") -> str:
     return f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
 
 
+def deferral_processed(
+    stack: AirflowStack, dag_id: str, run_id: str, task_id: str, within: float = 60
+) -> None:
+    """Wait until the scheduler processed the end of the task's deferring process (its log says so)."""
+    needle = f"TaskInstance Finished: dag_id={dag_id}, task_id={task_id}, run_id={run_id},"
+    deadline = time.monotonic() + within
+    while needle not in stack.log_path("scheduler").read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the scheduler did not process the deferral of {run_id} within {within:.0f} s"
+            )
+        time.sleep(0.5)
+    time.sleep(0.5)
+
+
 def requested(
     stack: AirflowStack, dag_id: str, run_id: str, task_id: str = "approve", within: float = 120
 ) -> dict[str, Any]:
@@ -68,12 +83,13 @@ def requested(
         if state == "deferred":
             try:
                 found = stack.request("GET", hitl_path(dag_id, run_id, task_id))
-                # An answer within a second of the deferral resumes the task before the scheduler
-                # has seen the deferring process end, and Airflow's LocalExecutor then fails it
-                # ("finished with state success, but the task instance's state attribute is
-                # queued"; the race the sensor's resume hold avoids, docs/reliability.md). A person
-                # answers later; the approval trigger holds no resume hold yet.
-                time.sleep(3)
+                # An answer before the scheduler has processed the end of the deferring process
+                # resumes the task too early, and Airflow then fails it ("finished with state
+                # success, but the task instance's state attribute is running"; the race the
+                # sensor's resume hold avoids, docs/reliability.md). A person answers later; the
+                # approval trigger holds no resume hold yet. So answer once the scheduler's log
+                # shows it processed that end (3 s after the deferral was not always enough).
+                deferral_processed(stack, dag_id, run_id, task_id)
                 return found
             except urllib.error.HTTPError as err:
                 if err.code != 404:
