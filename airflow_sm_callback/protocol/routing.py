@@ -134,7 +134,7 @@ def backoff_visibility(
     if receive_count <= hot and (age is None or age < HOT_SECONDS):
         return 0
     if age is None:
-        return int(min(cap, 2 ** min(max(receive_count - hot - 1, 0), 16)))
+        return int(min(cap, 2 ** min(receive_count - hot - 1, 16)))
     return int(min(cap, max(1, int(age) + 1)))
 
 

@@ -376,24 +376,21 @@ class HandOffConfirmer:
             if self._watches.get(owner) is not watch:
                 continue  # watched again meanwhile
             state = states.get(owner)
+            # A deferred task that may still be in the deferral its event ends counts for nothing.
+            deferred = state == "deferred" and (watch.left_deferred or now >= watch.persisted_by)
             if state in LANDED_STATES:
                 landed.append(watch)
                 del self._watches[owner]
             elif now >= watch.until:
                 del self._watches[owner]  # visible again: looked at when it comes back
-            elif state == "deferred" and (watch.left_deferred or now >= watch.persisted_by):
-                if watch.deferred_since is None:
-                    watch.deferred_since = time.monotonic()
-                    watch.next_look = min(now + self.DEFERRED_AGAIN_LOOK, watch.until)
-                elif watch.handoff.given_at < watch.deferred_since:
-                    released.append(watch.handoff)
-                    del self._watches[owner]
-                else:  # given to its task here again since: not restarted elsewhere
-                    watch.deferred_since = None
-                    watch.gap = min(self.MAX_GAP, watch.gap * 2)
-                    watch.next_look = min(now + watch.gap, watch.until)
+            elif deferred and watch.deferred_since is None:
+                watch.deferred_since = time.monotonic()
+                watch.next_look = min(now + self.DEFERRED_AGAIN_LOOK, watch.until)
+            elif deferred and watch.handoff.given_at < watch.deferred_since:  # type: ignore[operator]
+                released.append(watch.handoff)
+                del self._watches[owner]
             else:
-                # Resumed and on its way, or still in the deferral its event ends (not persisted yet).
+                # Resumed and on its way, still in the deferral its event ends, or given again here.
                 watch.left_deferred = watch.left_deferred or state not in (None, "deferred")
                 watch.deferred_since = None
                 watch.gap = min(self.MAX_GAP, watch.gap * 2)
