@@ -8,8 +8,11 @@ here, each behind a function or class whose docstring names the version it was w
 and the public alternative, if any:
 
 - :class:`FastScanQueue` and :func:`fast_scans`: a subclass of moto's ``Queue`` put in place of
-  a queue's class, reading ``Queue._messages``, for cheap scans and a long poll that gives up
-  :data:`~._lock.MOTO_LOCK` while it waits and wakes when a hidden message becomes visible;
+  a queue's class, reading ``Queue._messages``, for cheap scans, a receipt handle found without
+  a scan, and a long poll that gives up :data:`~._lock.MOTO_LOCK` while it waits and wakes when
+  a hidden message becomes visible;
+- :class:`FastSQSBackend`: a subclass of moto's ``SQSBackend`` put in place of a backend's
+  class, whose visibility changes find their message through the queue's receipt-handle index;
 - :func:`all_messages`: every message of a queue, without receiving it (``Queue._messages``);
 - :func:`purge_now`: moto's ``SQSBackend.purge_queue`` without its once-a-minute limit.
 
@@ -32,9 +35,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, cast
 
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.core.utils import camelcase_to_underscores, convert_to_flask_response, unix_time_millis
+from moto.core.utils import camelcase_to_underscores, convert_to_flask_response, unix_time, unix_time_millis
 from moto.sagemaker import urls as sagemaker_urls
 from moto.sagemaker.responses import SageMakerResponse
+from moto.sqs.exceptions import InvalidParameterValue, ReceiptHandleIsInvalid
 from moto.sqs.models import Message, Queue, SQSBackend
 from werkzeug.serving import WSGIRequestHandler
 
@@ -43,11 +47,13 @@ from ._lock import MOTO_LOCK
 __all__ = [
     "MOTO_WRITTEN_AGAINST",
     "WERKZEUG_WRITTEN_AGAINST",
+    "FastSQSBackend",
     "FastScanQueue",
     "MotoCompatibilityError",
     "MotoSurface",
     "all_messages",
     "check_moto",
+    "fast_backend",
     "fast_scans",
     "purge_now",
 ]
@@ -97,6 +103,9 @@ class FastScanQueue(Queue):
         now = unix_time_millis()
         return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
 
+    #: moto's list of the queue's messages (in flight and delayed ones included), oldest first.
+    _messages: list[Any]
+
     #: Goes up each time a message's visibility changes or a message is added: a long poll that
     #: waits then looks again at when the first hidden message comes back.
     _visibility_changes: int = 0
@@ -132,6 +141,45 @@ class FastScanQueue(Queue):
         super().add_message(message)
         if message.delayed:
             self.visibility_changed()
+
+    def find_message(self, receipt_handle: str) -> Any:
+        """
+        The message on this queue that has or had ``receipt_handle``, or ``None``.
+
+        moto finds it by asking every message on the queue whether it ever had the handle
+        (``Message.had_receipt_handle``, which builds the list of the message's handles each
+        time): with 1,000 messages, received a few times each, about a millisecond for each
+        entry of a ``ChangeMessageVisibilityBatch`` or ``DeleteMessageBatch``, the largest share
+        of the emulator's time when several triggerers hand messages back to each other. Here an
+        index of handles answers: a message found there is checked to be on the queue still; a
+        handle not there is looked for among the messages' current handles (the usual case: the
+        latest receive's), and only then among every handle they ever had, as moto does. The
+        answer is moto's: receipt handles are unique, so at most one message ever had one.
+        """
+        index: dict[str, Any] = self.__dict__.setdefault("_fast_handles", {})
+        message = index.get(receipt_handle)
+        if message is not None and message in self._messages:
+            return message
+        message = next((m for m in self._messages if m.receipt_handle == receipt_handle), None)
+        if message is None:
+            message = next((m for m in self._messages if m.had_receipt_handle(receipt_handle)), None)
+        if message is not None:
+            if len(index) > 4 * len(self._messages) + 1000:
+                index.clear()  # the handles of deleted messages
+            index[receipt_handle] = message
+        return message
+
+    def delete_message(self, receipt_handle: str) -> None:
+        # moto's Queue.delete_message, line for line, with the message found by find_message
+        # rather than by two scans that ask every message about every handle it had.
+        if receipt_handle in self.deleted_messages:
+            return
+        message = self.find_message(receipt_handle)
+        if message is None:
+            raise ReceiptHandleIsInvalid()
+        self.pending_messages.discard(message)
+        self.deleted_messages.update(message.all_receipt_handles)
+        self._messages = [m for m in self._messages if m is not message]
 
     def _seconds_to_next_visible(self) -> float:
         """Seconds until the first message that is not visible now becomes so (inf: none)."""
@@ -217,6 +265,62 @@ def fast_scans(queue: Any) -> Any:
     if type(queue) is Queue:
         queue.__class__ = FastScanQueue
     return queue
+
+
+class FastSQSBackend(SQSBackend):
+    """
+    moto's SQS backend, with a message's visibility changed without a scan; it behaves the same.
+
+    moto's ``change_message_visibility`` asks every message of the queue whether it ever had the
+    receipt handle (see :meth:`FastScanQueue.find_message`); here the queue's index finds it,
+    and the rest is moto's method line for line. Its check that a message is still within its
+    retention period, made for every message it receives, reads the queue's period directly
+    rather than computing all the queue's attributes for it.
+
+    Written against moto 5.2.5: assigned to a backend's ``__class__`` (:func:`fast_backend`).
+    Public alternative: none; moto makes its backends itself.
+    """
+
+    # moto finds a backend's URL routes from the module of its class (``moto.sqs.models`` ->
+    # ``moto.sqs.urls``): this class answers for moto's module.
+    __module__ = SQSBackend.__module__
+
+    def change_message_visibility(
+        self, queue_name: str, receipt_handle: str, visibility_timeout: int
+    ) -> None:
+        queue = fast_scans(self.get_queue(queue_name))
+        message = queue.find_message(receipt_handle)
+        if message is None:
+            raise ReceiptHandleIsInvalid
+        visibility_timeout_msec = int(visibility_timeout) * 1000
+        given_visibility_timeout = unix_time_millis() + visibility_timeout_msec
+        if given_visibility_timeout - message.sent_timestamp > 43200 * 1000:
+            raise InvalidParameterValue(
+                f"Value {visibility_timeout} for parameter VisibilityTimeout is invalid. Reason: Total "
+                "VisibilityTimeout for the message is beyond the limit [43200 seconds]"
+            )
+        message.change_visibility(visibility_timeout)
+        if message.visible and message in queue.pending_messages:
+            queue.pending_messages.remove(message)
+
+    def is_message_valid_based_on_retention_period(self, queue_name: str, message: Any) -> bool:
+        retain_until = self.get_queue(queue_name).message_retention_period + message.sent_timestamp / 1000
+        return bool(retain_until > unix_time())
+
+
+def fast_backend(backend: Any) -> Any:
+    """
+    Make one of moto's SQS backends a :class:`FastSQSBackend` (same state, same behaviour).
+
+    Written against moto 5.2.5: assigns the backend's ``__class__``, as :func:`fast_scans` does
+    a queue's. Public alternative: none (see :class:`FastSQSBackend`).
+
+    :param backend: one of moto's SQS backends.
+    :return: the same backend.
+    """
+    if type(backend) is SQSBackend:
+        backend.__class__ = FastSQSBackend
+    return backend
 
 
 def all_messages(queue: Any) -> list[Any]:
@@ -370,6 +474,67 @@ def _check_messages_lock(surface: MotoSurface) -> str | None:
     return None
 
 
+def _check_receipt_handles(surface: MotoSurface) -> str | None:
+    """FastScanQueue.find_message finds what moto's scan finds, for current, old and unknown handles."""
+    backend = surface.sqs_backend("us-east-1", DEFAULT_ACCOUNT_ID)
+    queue = backend.create_queue("emulator-check")
+    for body in ("a", "b", "c"):
+        backend.send_message("emulator-check", body)
+    handles = [m.receipt_handle for m in backend.receive_message("emulator-check", 2, 0, 0)]
+    handles += [m.receipt_handle for m in backend.receive_message("emulator-check", 3, 0, 0)]
+    messages = list(getattr(queue, "_messages", []))
+    for message in messages:
+        for name in ("receipt_handle", "had_receipt_handle", "all_receipt_handles", "sent_timestamp"):
+            if not hasattr(message, name):
+                return f"a received message has no {name}"
+    for name in ("deleted_messages", "pending_messages"):
+        if not isinstance(getattr(queue, name, None), set):
+            return f"a queue's {name} is no longer a set"
+    if not isinstance(getattr(queue, "message_retention_period", None), int | float):
+        return "a queue's message_retention_period is no longer a number"
+    queue.__class__ = FastScanQueue
+    for handle in [*handles, "unknown"]:
+        expected = next((m for m in messages if m.had_receipt_handle(handle)), None)
+        if queue.find_message(handle) is not expected:
+            return "a receipt handle no longer identifies the message that had it"
+    return None
+
+
+def _check_backend_method(name: str, arguments: str, calls: str | None, *probe: Any) -> _Check:
+    """A check that moto's ``SQSBackend.name`` takes ``probe`` and that moto calls it from ``calls``."""
+
+    def check(surface: MotoSurface) -> str | None:
+        method = getattr(surface.sqs_backend, name, None)
+        if not callable(method):
+            return "missing"
+        if not _accepts(method, None, *probe):
+            return f"no longer takes ({arguments})"
+        if calls and name not in _code_names(getattr(surface.sqs_backend, calls, None)):
+            return f"SQSBackend.{calls} no longer calls it"
+        return None
+
+    return check
+
+
+def _check_queue_delete(surface: MotoSurface) -> str | None:
+    if "delete_message" not in _code_names(getattr(surface.sqs_backend, "delete_message", None)):
+        return "SQSBackend.delete_message no longer deletes through Queue.delete_message"
+    return _check_queue_method("delete_message", "receipt_handle", "handle")(surface)
+
+
+def _check_backend_swap(surface: MotoSurface) -> str | None:
+    probe = surface.sqs_backend("us-east-1", DEFAULT_ACCOUNT_ID)
+    try:
+        probe.__class__ = FastSQSBackend
+    except TypeError as exc:
+        return f"a backend's class cannot be swapped for FastSQSBackend: {exc}"
+    try:
+        found = bool(probe.url_bases)
+    except Exception as exc:
+        return f"moto no longer finds FastSQSBackend's URL routes: {exc!r}"
+    return None if found else "moto finds no URL routes for FastSQSBackend"
+
+
 def _check_receive_waits(surface: MotoSurface) -> str | None:
     if "wait_for_messages" in _code_names(getattr(surface.sqs_backend, "receive_message", None)):
         return None
@@ -488,6 +653,41 @@ _RELIANCES: Final = (
         f"{_QUEUE}.add_message",
         "wakes the waiting long polls when a delayed message is added (FastScanQueue)",
         _check_queue_method("add_message", "message", None),
+    ),
+    _Reliance(
+        "moto.sqs.models.Message receipt handles",
+        "finds the message that has or had a receipt handle through an index "
+        "(FastScanQueue.find_message), for the deletes and visibility changes",
+        _check_receipt_handles,
+    ),
+    _Reliance(
+        f"{_QUEUE}.delete_message",
+        "overrides it in FastScanQueue, finding the message through the receipt-handle index",
+        _check_queue_delete,
+    ),
+    _Reliance(
+        "moto.sqs.models.SQSBackend.change_message_visibility",
+        "overrides it in FastSQSBackend, finding the message through the receipt-handle index",
+        _check_backend_method(
+            "change_message_visibility",
+            "queue_name, receipt_handle, visibility_timeout",
+            "change_message_visibility_batch",
+            "q",
+            "h",
+            0,
+        ),
+    ),
+    _Reliance(
+        "moto.sqs.models.SQSBackend.is_message_valid_based_on_retention_period",
+        "overrides it in FastSQSBackend, reading the queue's retention period directly",
+        _check_backend_method(
+            "is_message_valid_based_on_retention_period", "queue_name, message", "receive_message", "q", None
+        ),
+    ),
+    _Reliance(
+        "moto.sqs.models.SQSBackend.__class__",
+        "turns moto's SQS backends into FastSQSBackend in place (fast_backend())",
+        _check_backend_swap,
     ),
     _Reliance(
         "moto.sqs.models.SQSBackend.receive_message",

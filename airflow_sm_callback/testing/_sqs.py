@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from moto.sqs.models import sqs_backends
 
 from ._lock import MOTO_LOCK
-from ._moto import all_messages, fast_scans, purge_now
+from ._moto import all_messages, fast_backend, fast_scans, purge_now
 
 __all__ = [
     "fast_scan_queues",
@@ -63,8 +63,11 @@ def parse_queue_url(queue_url: str, default_region: str) -> tuple[str, str, str]
 
 
 def fast_scan_queues(account_id: str, region: str) -> None:
-    """Make every plain queue of one account and region a :class:`~._moto.FastScanQueue`."""
-    backend = sqs_backends[account_id][region]
+    """
+    Make every plain queue of one account and region a :class:`~._moto.FastScanQueue`, and its
+    backend a :class:`~._moto.FastSQSBackend`.
+    """
+    backend = fast_backend(sqs_backends[account_id][region])
     for queue in list(backend.queues.values()):
         fast_scans(queue)
 
@@ -82,7 +85,7 @@ def visibility_changed(account_id: str, region: str, name: str) -> None:
 
 def _backend_and_queue(queue_url: str, default_region: str) -> tuple[Any, Any]:
     account_id, region, name = parse_queue_url(queue_url, default_region)
-    backend = sqs_backends[account_id][region]
+    backend = fast_backend(sqs_backends[account_id][region])
     return backend, fast_scans(backend.get_queue(name))
 
 

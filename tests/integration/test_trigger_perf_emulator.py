@@ -90,6 +90,62 @@ def test_counts_follow_every_request(emulator: CallbackEmulator, callback_queue:
     assert counts() == ("3", "1")
 
 
+def test_receipt_handles_answer_as_moto(emulator: CallbackEmulator, callback_queue: str) -> None:
+    # The deletes and visibility changes find their message through an index of receipt
+    # handles (FastScanQueue.find_message, FastSQSBackend); what each handle does is moto's.
+    sqs = emulator.client("sqs")
+    for i in range(30):
+        sqs.send_message(QueueUrl=callback_queue, MessageBody=f"m{i}")
+    first = sqs.receive_message(QueueUrl=callback_queue, MaxNumberOfMessages=10, VisibilityTimeout=0)[
+        "Messages"
+    ]
+    second = sqs.receive_message(QueueUrl=callback_queue, MaxNumberOfMessages=10, VisibilityTimeout=0)[
+        "Messages"
+    ]
+    by_body = {m["Body"]: m["ReceiptHandle"] for m in first}
+    again = next(m for m in second if m["Body"] in by_body)
+    old_handle, new_handle = by_body[again["Body"]], again["ReceiptHandle"]
+    assert old_handle != new_handle
+    # A handle the message had before its latest receive still changes it, as in moto.
+    changed = sqs.change_message_visibility_batch(
+        QueueUrl=callback_queue,
+        Entries=[
+            {"Id": "old", "ReceiptHandle": old_handle, "VisibilityTimeout": 600},
+            {"Id": "unknown", "ReceiptHandle": "not-a-handle", "VisibilityTimeout": 600},
+            {"Id": "too-long", "ReceiptHandle": new_handle, "VisibilityTimeout": 43201},
+        ],
+    )
+    assert [s["Id"] for s in changed["Successful"]] == ["old"]
+    assert {f["Id"]: f["Code"] for f in changed["Failed"]} == {
+        "unknown": "ReceiptHandleIsInvalid",
+        "too-long": "InvalidParameterValue",
+    }
+    hidden = {m["Body"] for m in emulator.queue_messages(callback_queue) if m["InFlight"]}
+    assert hidden == {again["Body"]}
+    # Deleting by the old handle deletes the message; again by either handle is no error; an
+    # unknown handle is one.
+    deleted = sqs.delete_message_batch(
+        QueueUrl=callback_queue,
+        Entries=[
+            {"Id": "old", "ReceiptHandle": old_handle},
+            {"Id": "unknown", "ReceiptHandle": "not-a-handle"},
+        ],
+    )
+    assert [s["Id"] for s in deleted["Successful"]] == ["old"]
+    assert [f["Code"] for f in deleted["Failed"]] == ["ReceiptHandleIsInvalid"]
+    sqs.delete_message(QueueUrl=callback_queue, ReceiptHandle=new_handle)
+    left = {m["Body"] for m in emulator.queue_messages(callback_queue)}
+    assert left == {f"m{i}" for i in range(30)} - {again["Body"]}
+    # Every other message: its latest handle finds it, after the deletes changed the queue.
+    for message in second:
+        if message["Body"] != again["Body"]:
+            sqs.change_message_visibility(
+                QueueUrl=callback_queue, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=600
+            )
+    hidden = {m["Body"] for m in emulator.queue_messages(callback_queue) if m["InFlight"]}
+    assert hidden == {m["Body"] for m in second} - {again["Body"]}
+
+
 def port_of(emulator: CallbackEmulator) -> int:
     return int(emulator.endpoint_url.rsplit(":", 1)[1])
 
