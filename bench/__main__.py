@@ -34,7 +34,13 @@ from bench.report import (
     write_json,
 )
 from bench.scale_out import ScaleScenario, run_scale, scale_figures
-from bench.scale_report import scale_plot, scale_table, scale_targets, scale_targets_table
+from bench.scale_report import (
+    scale_plot,
+    scale_receives_table,
+    scale_table,
+    scale_targets,
+    scale_targets_table,
+)
 from bench.trigger_level import KINDS, Scenario, figures, run_scenario
 
 #: Seconds between an event and its persist confirmation (the metadata database write and the
@@ -127,7 +133,7 @@ def run_scale_out(
             )
             print(f"[{time.monotonic() - began:7.0f} s] {scenario.name} ...", flush=True)
             result = run_scale(scenario, logs, args.persist_delay)
-            raw.append({k: v for k, v in result.items() if k not in ("sent", "fired")})
+            raw.append({k: v for k, v in result.items() if k not in ("sent", "fired", "receives")})
             figure = scale_figures(result)
             figure["airflow"] = airflow_version()
             figures.append(figure)
@@ -138,7 +144,9 @@ def run_scale_out(
             else:
                 print(
                     f"          fired {figure['fired']}/{figure['n']}, p50 {figure['latency_p50_s']}, "
-                    f"p99 {figure['latency_p99_s']}, {figure['sqs_requests_per_callback']} SQS req./callback",
+                    f"p99 {figure['latency_p99_s']}, {figure['sqs_requests_per_callback']} SQS req./callback, "
+                    f"receives p99 {figure['receives_p99']} (random {figure['receives_p99_random']}), "
+                    f"{figure['seconds_per_receive_p50']} s a receive",
                     flush=True,
                 )
     return {"figures": figures, "targets": scale_targets(figures), "run": this_run, "raw": raw}
@@ -294,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     if "scale_out" in payload:
         print("\nSeveral triggerers on one queue\n")
         print(scale_table(payload["scale_out"]["figures"]))
+        print()
+        print(scale_receives_table(payload["scale_out"]["figures"]))
         print()
         print(scale_targets_table(payload["scale_out"]["targets"]))
     if "end_to_end" in payload:

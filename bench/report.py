@@ -352,7 +352,7 @@ def write_doc(path: Path, payload: dict[str, Any]) -> None:
         ]
     scale = payload.get("scale_out")
     if scale:
-        from bench.scale_report import scale_table, scale_targets_table
+        from bench.scale_report import scale_receives_table, scale_table, scale_targets_table
 
         run = scale.get("run") or {}
         parts += [
@@ -365,6 +365,12 @@ def write_doc(path: Path, payload: dict[str, Any]) -> None:
             "receives are counted from a minute after the send, once every triggerer has seen them.",
             scale_targets_table(scale["targets"]),
             scale_table(scale["figures"]),
+            "Where the time goes: the receives a callback took to reach its waiter (SQS's receive "
+            "count when its waiter's triggerer got it), against what a random choice of poller at "
+            "each receive gives; the time from one receive to the next (latency over receives); "
+            "and the CPU seconds the waiting processes (until their waits fired) and the emulator "
+            "(until they were done) used, on this machine's CPUs.",
+            scale_receives_table(scale["figures"]),
             "![latency against the number of triggerers](../bench/results/scale_out.png)",
         ]
     e2e = payload.get("end_to_end")

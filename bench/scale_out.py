@@ -20,6 +20,7 @@ of the unassigned triggers; with N far below k times the capacity the split is e
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +33,9 @@ from bench.common import (
     burst_figures,
     consumer_requests,
     emulator_process,
+    percentile,
     prepare_callbacks,
+    process_cpu_seconds,
     send_at_once,
 )
 from bench.trigger_level import Worker
@@ -117,6 +120,7 @@ def run_scale(
             idle_counts: dict[str, int] = {}
             idle_window = 0.0
             noise_counts: dict[str, Any] = {}
+            emulator_cpu_before: float | None = None
             if scenario.mode == "idle":
                 started = time.monotonic()
                 time.sleep(scenario.idle_seconds)
@@ -128,6 +132,7 @@ def run_scale(
                 bodies = {arn: prepared.bodies[arn] for arn in arns}
                 if noise:
                     bodies.update({f"foreign-{i}": body for i, body in enumerate(FOREIGN_BODIES)})
+                emulator_cpu_before = process_cpu_seconds(running.pid)
                 sent = send_at_once(emulator, Callbacks(prepared.queue_url, bodies))
                 t0 = min(sent.values())
                 for worker in workers:
@@ -146,6 +151,11 @@ def run_scale(
                         "expected": len(watched),
                     }
             results = [worker.expect("RESULT", within=scenario.time_limit + 600) for worker in workers]
+            emulator_cpu = (
+                None
+                if scenario.mode == "idle" or emulator_cpu_before is None
+                else (process_cpu_seconds(running.pid) or 0.0) - emulator_cpu_before
+            )
         finally:
             for worker in workers:
                 worker.close()
@@ -154,9 +164,11 @@ def run_scale(
         counts = consumer_requests(emulator.request_counts("sqs"))
         left = emulator.queue_messages(prepared.queue_url)
     fired: dict[str, float] = {}
+    receives: dict[str, int] = {}
     failures: dict[str, str] = {}
     for result in results:
         fired.update(result["fired"])
+        receives.update(result.get("receives", {}))
         failures.update(result["failures"])
     return {
         "scenario": asdict(scenario),
@@ -164,14 +176,29 @@ def run_scale(
         "ready_seconds": max(r["ready_seconds"] for r in ready),
         "sent": {arn: sent[arn] for arn in waited if arn in sent},
         "fired": fired,
+        "receives": receives,
         "failures": failures,
         "maxrss_kb": max(r["maxrss_kb"] for r in results),
+        # CPU seconds: the waiting processes' from the send until all their waits fired, the
+        # emulator's from the send until the waiting processes were done.
+        "triggerers_cpu_s": sum(r.get("burst_cpu_s") or 0.0 for r in results),
+        "emulator_cpu_s": emulator_cpu,
         "sqs_requests": counts,
         "idle_sqs_requests": idle_counts,
         "idle_window_s": idle_window,
         "noise": noise_counts,
         "messages_left": len(left),
     }
+
+
+def random_pollers_receives(k: int, q: float) -> int:
+    """
+    The ``q``-th percentile of the receives a message takes to reach one of ``k`` pollers, when
+    each receive goes to any of them at random: the least ``r`` with ``1 - (1 - 1/k)^r >= q/100``.
+    """
+    if k <= 1:
+        return 1
+    return max(1, math.ceil(math.log(1 - q / 100) / math.log(1 - 1 / k)))
 
 
 def scale_figures(raw: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +226,24 @@ def scale_figures(raw: dict[str, Any]) -> dict[str, Any]:
         return out
     out.update(burst_figures(raw["sent"], raw["fired"], n, scenario["time_limit"], raw["sqs_requests"]))
     out["messages_left"] = raw["messages_left"]
+    # How many receives a callback took to reach its waiter (SQS's receive count then), against
+    # what SQS's random choice of poller gives: each receive reaches the waiter's triggerer with
+    # a chance of 1 in k, so the p-th percentile is the least r with 1 - (1 - 1/k)^r >= p.
+    receives = raw.get("receives", {})
+    counts = [float(c) for c in receives.values()]
+    for name, q in (("p50", 50), ("p90", 90), ("p99", 99)):
+        out[f"receives_{name}"] = percentile(counts, q)
+        out[f"receives_{name}_random"] = random_pollers_receives(k, q)
+    # The time a receive took, from one receive of a callback to the next (its latency over
+    # its receives): SQS's round trips, and here the share of two CPUs each process gets.
+    per_receive = [
+        (raw["fired"][arn] - raw["sent"][arn]) / count
+        for arn, count in receives.items()
+        if arn in raw["fired"] and arn in raw["sent"] and count
+    ]
+    out["seconds_per_receive_p50"] = percentile(per_receive, 50)
+    out["triggerers_cpu_s"] = raw.get("triggerers_cpu_s")
+    out["emulator_cpu_s"] = raw.get("emulator_cpu_s")
     noise = raw.get("noise") or {}
     if noise:
         receives = list(noise["receives"].values())

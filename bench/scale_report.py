@@ -111,6 +111,31 @@ def scale_table(figures: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def scale_receives_table(figures: list[dict[str, Any]]) -> str:
+    """
+    Where a callback's time goes: how many receives it took to reach its waiter (measured, and
+    what SQS's random choice of poller gives), the time from one receive to the next, and the
+    CPU the waiting processes and the emulator used meanwhile.
+    """
+    lines = [
+        "| triggerers (k) | scenario | receives to the waiter p50 / p90 / p99 | if each receive went to a random poller "
+        "| s per receive (p50) | CPU s: triggerers / emulator |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    order = {"burst": 0, "noise": 1}
+    for f in sorted((f for f in figures if f["mode"] in order), key=lambda f: (order[f["mode"]], f["k"])):
+        if f.get("receives_p50") is None:
+            continue
+        measured = " / ".join(f"{f[f'receives_{q}']:.0f}" for q in ("p50", "p90", "p99"))
+        model = " / ".join(str(f[f"receives_{q}_random"]) for q in ("p50", "p90", "p99"))
+        cpu = f"{_s(f.get('triggerers_cpu_s'), 1)} / {_s(f.get('emulator_cpu_s'), 1)}"
+        scenario = "sent at once" if f["mode"] == "burst" else "sent at once, with 110 others"
+        lines.append(
+            f"| {f['k']} | {scenario} | {measured} | {model} | {_s(f.get('seconds_per_receive_p50'), 3)} | {cpu} |"
+        )
+    return "\n".join(lines)
+
+
 def scale_targets_table(results: list[dict[str, Any]]) -> str:
     lines = ["| target | measured | met |", "|---|---|---|"]
     for r in results:

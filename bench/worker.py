@@ -135,6 +135,7 @@ async def run_ours(config: dict[str, Any], lag: LagMonitor) -> dict[str, Any]:
     started = time.monotonic()
     to_epoch = time.time() - time.monotonic()
     fired: dict[str, float] = {}
+    receives: dict[str, int] = {}
     async with SharedStreamHarness(
         persist_delay=config["persist_delay"], ack_timeout=300.0, resume_delay=config["resume_delay"]
     ) as harness:
@@ -184,6 +185,9 @@ async def run_ours(config: dict[str, Any], lag: LagMonitor) -> dict[str, Any]:
                 if payload.get("status") == "success":
                     arn = payload["callback"]["pipeline_execution_arn"]
                     fired.setdefault(arn, event.at + to_epoch)
+                    # SQS's receive count when the waiter's triggerer received it: how many
+                    # receives it took to reach the waiter.
+                    receives.setdefault(arn, int(payload["callback"].get("receive_count") or 1))
             # Let the persist confirmations, the advances and the tasks' deletes finish.
             emulator = CallbackEmulator.connect(config["endpoint_url"])
             drain_until = time.monotonic() + config["persist_delay"] + config["resume_delay"] + 30
@@ -197,7 +201,7 @@ async def run_ours(config: dict[str, Any], lag: LagMonitor) -> dict[str, Any]:
             # with what is left on the queue.
             await asyncio.sleep(max(0.0, t0 + config.get("stay_after_go", 0.0) - time.time()))
         failures = {str(k): repr(v) for k, v in harness.failures.items()}
-    return {"fired": fired, "failures": failures, "burst_cpu_s": burst_cpu}
+    return {"fired": fired, "receives": receives, "failures": failures, "burst_cpu_s": burst_cpu}
 
 
 async def run_amazon(config: dict[str, Any], lag: LagMonitor) -> dict[str, Any]:
