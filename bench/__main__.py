@@ -146,7 +146,7 @@ def run_scale_out(
                     f"          fired {figure['fired']}/{figure['n']}, p50 {figure['latency_p50_s']}, "
                     f"p99 {figure['latency_p99_s']}, {figure['sqs_requests_per_callback']} SQS req./callback, "
                     f"receives p99 {figure['receives_p99']} (random {figure['receives_p99_random']}), "
-                    f"{figure['seconds_per_receive_p50']} s a receive",
+                    f"{figure['seconds_per_receive']} s a further receive",
                     flush=True,
                 )
     return {"figures": figures, "targets": scale_targets(figures), "run": this_run, "raw": raw}

@@ -367,7 +367,8 @@ def write_doc(path: Path, payload: dict[str, Any]) -> None:
             scale_table(scale["figures"]),
             "Where the time goes: the receives a callback took to reach its waiter (SQS's receive "
             "count when its waiter's triggerer got it), against what a random choice of poller at "
-            "each receive gives; the time from one receive to the next (latency over receives); "
+            "each receive gives; what one more receive adds to a callback's latency (the slope of "
+            "latency against receives); "
             "and the CPU seconds the waiting processes (until their waits fired) and the emulator "
             "(until they were done) used, on this machine's CPUs.",
             scale_receives_table(scale["figures"]),

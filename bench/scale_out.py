@@ -201,6 +201,16 @@ def random_pollers_receives(k: int, q: float) -> int:
     return max(1, math.ceil(math.log(1 - q / 100) / math.log(1 - 1 / k)))
 
 
+def latency_slope(points: list[tuple[float, float]]) -> float | None:
+    """The least-squares slope of ``(receives, latency)`` points; ``None`` when receives never vary."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
 def scale_figures(raw: dict[str, Any]) -> dict[str, Any]:
     """The issue's figures of one scale-out scenario."""
     scenario = raw["scenario"]
@@ -234,14 +244,14 @@ def scale_figures(raw: dict[str, Any]) -> dict[str, Any]:
     for name, q in (("p50", 50), ("p90", 90), ("p99", 99)):
         out[f"receives_{name}"] = percentile(counts, q)
         out[f"receives_{name}_random"] = random_pollers_receives(k, q)
-    # The time a receive took, from one receive of a callback to the next (its latency over
-    # its receives): SQS's round trips, and here the share of two CPUs each process gets.
-    per_receive = [
-        (raw["fired"][arn] - raw["sent"][arn]) / count
+    # What one more receive adds to a callback's latency: the least-squares slope of latency
+    # against receives (SQS's round trips, and here the share of two CPUs each process gets).
+    points = [
+        (float(count), raw["fired"][arn] - raw["sent"][arn])
         for arn, count in receives.items()
-        if arn in raw["fired"] and arn in raw["sent"] and count
+        if arn in raw["fired"] and arn in raw["sent"]
     ]
-    out["seconds_per_receive_p50"] = percentile(per_receive, 50)
+    out["seconds_per_receive"] = latency_slope(points)
     out["triggerers_cpu_s"] = raw.get("triggerers_cpu_s")
     out["emulator_cpu_s"] = raw.get("emulator_cpu_s")
     noise = raw.get("noise") or {}

@@ -21,8 +21,8 @@ def test_receives_a_random_choice_of_poller_takes(k: int, q: float, receives: in
 
 
 def raw_burst(receives: dict[str, int]) -> dict[str, Any]:
-    sent = {arn: 100.0 for arn in receives}
-    fired = {arn: 100.0 + 0.25 * count for arn, count in receives.items()}
+    sent = dict.fromkeys(receives, 100.0)
+    fired = {arn: 100.5 + 0.25 * count for arn, count in receives.items()}
     return {
         "scenario": {"k": 4, "mode": "burst", "n": len(receives), "time_limit": 240.0},
         "name": "scale-k4-burst",
@@ -43,7 +43,11 @@ def test_receives_and_the_time_of_a_receive_are_read_from_each_callback() -> Non
     figures = scale_figures(raw_burst(receives))
     assert (figures["receives_p50"], figures["receives_p90"], figures["receives_p99"]) == (5.0, 9.0, 10.0)
     assert (figures["receives_p50_random"], figures["receives_p99_random"]) == (3, 17)
-    assert figures["seconds_per_receive_p50"] == pytest.approx(0.25)
+    assert figures["seconds_per_receive"] == pytest.approx(0.25)
     assert (figures["triggerers_cpu_s"], figures["emulator_cpu_s"]) == (3.5, 4.0)
     table = scale_receives_table([figures])
     assert "| 4 | sent at once | 5 / 9 / 10 | 3 / 9 / 17 | 0.250 | 3.5 / 4.0 |" in table
+    # One triggerer: every callback took one receive; nothing to fit.
+    one = scale_figures(raw_burst({f"arn-{i}": 1 for i in range(10)}))
+    assert one["seconds_per_receive"] is None
+    assert one["receives_p99"] == 1.0
