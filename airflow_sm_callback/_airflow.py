@@ -18,6 +18,7 @@ module.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import logging
 import re
@@ -55,6 +56,7 @@ __all__ = [
     "first_reschedule_date",
     "in_triggerer",
     "mask_secret",
+    "process_context",
     "register_tokens",
     "reschedule_context",
     "task_decorator_factory",
@@ -123,6 +125,28 @@ def in_triggerer() -> bool:
         return False
     task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
     return isinstance(getattr(task_runner, "SUPERVISOR_COMMS", None), decoder)
+
+
+def process_context() -> contextvars.Context:
+    """
+    A copy of the current context without the log binding of the trigger running in it, for
+    asyncio tasks that work for the whole process (the hand-off confirmer, the shared poll below
+    Airflow 3.3): what they log goes to the triggerer's log, not into one task's.
+
+    Airflow's triggerer binds the running trigger to structlog's context variables
+    (``TriggerRunner.run_trigger`` calls ``structlog.contextvars.bind_contextvars``: the
+    ``trigger_id`` from 3.0.6, the task instance's ids too by 3.3.2) and writes what is logged
+    under that binding to the trigger's task log. An asyncio task inherits the context of the
+    code that creates it, so work started by one trigger logged into that one trigger's log (a
+    confirmer's deletes of every task's messages showed in the log of the task whose trigger
+    started it, and not in the triggerer's). Public alternative: none; a trigger is not told how
+    its logs are routed.
+    """
+    from structlog.contextvars import clear_contextvars
+
+    context = contextvars.copy_context()
+    context.run(clear_contextvars)
+    return context
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from airflow_sm_callback import _airflow
 from airflow_sm_callback._airflow import TaskKey
 from airflow_sm_callback.hooks.errors import TRANSIENT_CODES, describe_error, is_transient
 
@@ -313,7 +314,10 @@ class HandOffConfirmer:
         )
         task = self._task
         if task is None or task.done() or task.get_loop() is not loop:
-            self._task = loop.create_task(self._run(), name="sagemaker-callback-hand-offs")
+            # Work for every task of the process: logged to the triggerer, not to this trigger.
+            self._task = loop.create_task(
+                self._run(), name="sagemaker-callback-hand-offs", context=_airflow.process_context()
+            )
 
     def drop(self, owner: TaskKey) -> None:
         """Stop waiting for ``owner`` (its hand-off is forgotten)."""

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from airflow_sm_callback import _airflow
 from airflow_sm_callback.triggers import _process
 from airflow_sm_callback.triggers.stream import CallbackStreamProducer
 
@@ -74,8 +75,13 @@ class LocalStream:
         self._pending: dict[int, set[int]] = {}
         self._acked: dict[int, int] = {}
         self._advances: asyncio.Queue[int | None] = asyncio.Queue()
-        self._pump = asyncio.create_task(self._run(), name="sagemaker-callback-local-stream")
-        self._advancer = asyncio.create_task(self._advance_loop(), name="sagemaker-callback-local-advance")
+        # The poll of every trigger here: logged to the triggerer, not to the first subscriber.
+        self._pump = asyncio.create_task(
+            self._run(), name="sagemaker-callback-local-stream", context=_airflow.process_context()
+        )
+        self._advancer = asyncio.create_task(
+            self._advance_loop(), name="sagemaker-callback-local-advance", context=_airflow.process_context()
+        )
         self.closed = False
 
     @property

@@ -120,3 +120,54 @@ def test_a_watcher_s_trigger_takes_its_kwargs_as_airflow_3_2_1_gives_them() -> N
     assert rebuilt.serialize() == original.serialize()
     assert _airflow.decoded_kwarg({"__var": [1, 2], "__type": "tuple"}) == (1, 2)
     assert _airflow.decoded_kwarg({"__var": 1, "other": 2}) == {"__var": 1, "other": 2}
+
+
+def test_the_triggerer_binds_each_trigger_to_structlog_s_context_and_process_work_drops_it() -> None:
+    # What process_context() undoes: Airflow's triggerer binds the running trigger to
+    # structlog's context variables, and routes what is logged under it to the trigger's log.
+    import inspect
+
+    from airflow.jobs.triggerer_job_runner import TriggerRunner
+    from structlog.contextvars import bind_contextvars, get_contextvars, unbind_contextvars
+
+    source = inspect.getsource(TriggerRunner.run_trigger)
+    assert "bind_log_contextvars(" in source
+    assert "trigger_id=trigger_id" in source
+    bind_contextvars(trigger_id=7, dag_id="d")
+    try:
+        assert _airflow.process_context().run(get_contextvars) == {}
+        assert get_contextvars() == {"trigger_id": 7, "dag_id": "d"}  # the trigger's own is kept
+    finally:
+        unbind_contextvars("trigger_id", "dag_id")
+
+
+def test_the_confirmer_works_outside_the_log_of_the_trigger_that_started_it() -> None:
+    # A confirmer started by one trigger deletes every task's messages: what it logs must not go
+    # to that one trigger's task log (Airflow routes by the trigger_id bound in the context).
+    from structlog.contextvars import bind_contextvars, get_contextvars
+
+    from airflow_sm_callback.protocol import CallbackMessage
+    from airflow_sm_callback.triggers.handoffs import HandOff, HandOffConfirmer
+
+    seen: list[dict[str, Any]] = []
+    looked = asyncio.Event()
+
+    async def states(keys: Any) -> dict[TaskKey, str | None]:
+        seen.append(dict(get_contextvars()))
+        looked.set()
+        return dict.fromkeys(keys, "running")
+
+    async def main() -> None:
+        bind_contextvars(trigger_id=7)  # as in the trigger that starts the confirmer
+        confirmer = HandOffConfirmer(lambda: states)
+        body = '{"token": "Ab3dE6gH9k", "pipelineExecutionArn": "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/e1"}'
+        callback = CallbackMessage.from_sqs({"MessageId": "m", "ReceiptHandle": "r", "Body": body})
+        owner = TaskKey("d", "r", "t")
+        confirmer.watch(HandOff(callback, ["r"], frozenset({"m"}), owner, "triggerer"), 60.0)
+        await asyncio.wait_for(looked.wait(), timeout=10)
+        assert get_contextvars() == {"trigger_id": 7}
+        await confirmer.aclose()
+
+    asyncio.run(main())
+    assert seen, "the confirmer never looked at the task"
+    assert all("trigger_id" not in context for context in seen), seen
