@@ -18,7 +18,7 @@ from airflow_sm_callback.testing import CallbackEmulator
 from airflow_sm_callback.testing.triggerer import SharedStreamHarness
 from airflow_sm_callback.triggers import _process
 from airflow_sm_callback.triggers.callback import SageMakerCallbackTrigger
-from airflow_sm_callback.triggers.handoffs import TaskKey
+from airflow_sm_callback.triggers.handoffs import HandOffConfirmer, TaskKey
 from tests.fixtures import callback_definition, unique
 
 pytestmark = pytest.mark.integration
@@ -864,6 +864,31 @@ async def test_a_task_whose_event_is_not_persisted_yet_is_not_taken_for_restarte
         assert await queue_empty_within(emulator, callback_queue, 20)
     assert (confirmer.released, confirmer.deleted) == (0, 1)
     assert len(harness.events) == 1
+
+
+async def test_a_task_in_its_resume_hold_is_not_taken_for_restarted(
+    harness_mode: str, emulator: CallbackEmulator, callback_queue: str, aws_conn: str
+) -> None:
+    """
+    A trigger that claimed its callback yields its event only once its resume hold is over,
+    its task deferred all along, for longer than the confirmer's grace: that is not a restart,
+    nothing is handed back, and the message is deleted once the task succeeded (below Airflow
+    3.3 the batch advances, and the watch begins, once the trigger yielded and left).
+    """
+    (arn,) = start_many(emulator, callback_queue, 1)
+    mine = task_trigger(callback_queue, aws_conn, arn)
+    hold = HandOffConfirmer.UNPERSISTED_GRACE + 15  # past its looks at 20 s and 3 s after
+    mine.not_before = time.time() + hold
+    async with SharedStreamHarness(persist_delay=0.3, resume_delay=0.5) as harness:
+        harness.add(0, trigger_for(callback_queue, aws_conn, pipeline_execution_arn=arn + "0"))
+        harness.add(1, mine)
+        await _claimed(emulator, callback_queue, arn)
+        confirmer = _process.states()[mine.shared_stream_key()].confirmer
+        assert not await fired_within(harness, 1, hold - 3)
+        assert await fired_within(harness, 1, 10)
+        await harness.wait_for_resumes(within=30)
+        assert await queue_empty_within(emulator, callback_queue, 30)
+    assert (confirmer.released, confirmer.deleted) == (0, 1)
 
 
 async def test_a_hand_off_taken_again_in_its_resume_hold_is_not_taken_for_restarted(
