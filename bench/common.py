@@ -230,15 +230,6 @@ def consumer_requests(counts: Mapping[str, int]) -> dict[str, int]:
     return {action: n for action, n in sorted(counts.items()) if action not in SEND_ACTIONS and n}
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """User and system CPU seconds of a running process so far (Linux's /proc; ``None`` elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def percentile(values: list[float], q: float) -> float | None:
     """The ``q``-th percentile (nearest rank), ``None`` for no values."""
     if not values:

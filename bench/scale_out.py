@@ -32,10 +32,10 @@ from bench.common import (
     base_env,
     burst_figures,
     consumer_requests,
+    cpu_seconds,
     emulator_process,
     percentile,
     prepare_callbacks,
-    process_cpu_seconds,
     send_at_once,
 )
 from bench.trigger_level import Worker
@@ -132,7 +132,7 @@ def run_scale(
                 bodies = {arn: prepared.bodies[arn] for arn in arns}
                 if noise:
                     bodies.update({f"foreign-{i}": body for i, body in enumerate(FOREIGN_BODIES)})
-                emulator_cpu_before = process_cpu_seconds(running.pid)
+                emulator_cpu_before = cpu_seconds(running.pid)
                 sent = send_at_once(emulator, Callbacks(prepared.queue_url, bodies))
                 t0 = min(sent.values())
                 for worker in workers:
@@ -151,10 +151,11 @@ def run_scale(
                         "expected": len(watched),
                     }
             results = [worker.expect("RESULT", within=scenario.time_limit + 600) for worker in workers]
+            emulator_cpu_after = cpu_seconds(running.pid)
             emulator_cpu = (
-                None
-                if scenario.mode == "idle" or emulator_cpu_before is None
-                else (process_cpu_seconds(running.pid) or 0.0) - emulator_cpu_before
+                emulator_cpu_after - emulator_cpu_before
+                if emulator_cpu_before is not None and emulator_cpu_after is not None
+                else None
             )
         finally:
             for worker in workers:

@@ -453,14 +453,24 @@ def _check_class_swap(surface: MotoSurface) -> str | None:
     return None
 
 
-def _check_queue_method(name: str, arguments: str, *probe: Any) -> _Check:
-    """A check that moto's ``Queue`` has method ``name`` taking ``probe`` (named ``arguments``)."""
+def _check_method(
+    owner: str, name: str, arguments: str, *probe: Any, called_from: str | None = None
+) -> _Check:
+    """
+    A check that moto's class ``owner`` (a :class:`MotoSurface` field: ``queue`` or
+    ``sqs_backend``) has method ``name`` taking ``probe`` (named ``arguments``), and, with
+    ``called_from``, that ``SQSBackend.called_from`` still calls it (an override of it is used).
+    """
 
     def check(surface: MotoSurface) -> str | None:
-        method = getattr(surface.queue, name, None)
+        method = getattr(getattr(surface, owner), name, None)
         if not callable(method):
             return "missing"
-        return None if _accepts(method, None, *probe) else f"no longer takes ({arguments})"
+        if not _accepts(method, None, *probe):
+            return f"no longer takes ({arguments})"
+        if called_from and name not in _code_names(getattr(surface.sqs_backend, called_from, None)):
+            return f"SQSBackend.{called_from} no longer calls it"
+        return None
 
     return check
 
@@ -498,28 +508,6 @@ def _check_receipt_handles(surface: MotoSurface) -> str | None:
         if queue.find_message(handle) is not expected:
             return "a receipt handle no longer identifies the message that had it"
     return None
-
-
-def _check_backend_method(name: str, arguments: str, calls: str | None, *probe: Any) -> _Check:
-    """A check that moto's ``SQSBackend.name`` takes ``probe`` and that moto calls it from ``calls``."""
-
-    def check(surface: MotoSurface) -> str | None:
-        method = getattr(surface.sqs_backend, name, None)
-        if not callable(method):
-            return "missing"
-        if not _accepts(method, None, *probe):
-            return f"no longer takes ({arguments})"
-        if calls and name not in _code_names(getattr(surface.sqs_backend, calls, None)):
-            return f"SQSBackend.{calls} no longer calls it"
-        return None
-
-    return check
-
-
-def _check_queue_delete(surface: MotoSurface) -> str | None:
-    if "delete_message" not in _code_names(getattr(surface.sqs_backend, "delete_message", None)):
-        return "SQSBackend.delete_message no longer deletes through Queue.delete_message"
-    return _check_queue_method("delete_message", "receipt_handle", "handle")(surface)
 
 
 def _check_backend_swap(surface: MotoSurface) -> str | None:
@@ -642,7 +630,7 @@ _RELIANCES: Final = (
     _Reliance(
         f"{_QUEUE}.wait_for_messages",
         "gives up the lock on moto's state while a long poll waits (FastScanQueue)",
-        _check_queue_method("wait_for_messages", "timeout", 1),
+        _check_method("queue", "wait_for_messages", "timeout", 1),
     ),
     _Reliance(
         f"{_QUEUE}._messages_lock",
@@ -652,7 +640,7 @@ _RELIANCES: Final = (
     _Reliance(
         f"{_QUEUE}.add_message",
         "wakes the waiting long polls when a delayed message is added (FastScanQueue)",
-        _check_queue_method("add_message", "message", None),
+        _check_method("queue", "add_message", "message", None),
     ),
     _Reliance(
         "moto.sqs.models.Message receipt handles",
@@ -663,25 +651,31 @@ _RELIANCES: Final = (
     _Reliance(
         f"{_QUEUE}.delete_message",
         "overrides it in FastScanQueue, finding the message through the receipt-handle index",
-        _check_queue_delete,
+        _check_method("queue", "delete_message", "receipt_handle", "handle", called_from="delete_message"),
     ),
     _Reliance(
         "moto.sqs.models.SQSBackend.change_message_visibility",
         "overrides it in FastSQSBackend, finding the message through the receipt-handle index",
-        _check_backend_method(
+        _check_method(
+            "sqs_backend",
             "change_message_visibility",
             "queue_name, receipt_handle, visibility_timeout",
-            "change_message_visibility_batch",
             "q",
             "h",
             0,
+            called_from="change_message_visibility_batch",
         ),
     ),
     _Reliance(
         "moto.sqs.models.SQSBackend.is_message_valid_based_on_retention_period",
         "overrides it in FastSQSBackend, reading the queue's retention period directly",
-        _check_backend_method(
-            "is_message_valid_based_on_retention_period", "queue_name, message", "receive_message", "q", None
+        _check_method(
+            "sqs_backend",
+            "is_message_valid_based_on_retention_period",
+            "queue_name, message",
+            "q",
+            None,
+            called_from="receive_message",
         ),
     ),
     _Reliance(
@@ -747,8 +741,9 @@ def check_moto(surface: MotoSurface | None = None) -> tuple[str, ...]:
 
     Each reliance is checked for existence and shape (a list, a property, a method taking a
     timeout, a number driving ``Message.visible``...) and, where cheap, behaviour
-    (``FastScanQueue.attributes`` against moto's property on a new queue). Takes about a
-    millisecond; the server runs it before it starts.
+    (``FastScanQueue.attributes`` against moto's property on a new queue, the receipt-handle
+    index against moto's scan on a queue of three messages received twice). Takes a few
+    milliseconds; the server runs it before it starts.
 
     :param surface: the objects to inspect (the installed moto and werkzeug when omitted).
     :return: the names of the reliances checked.
